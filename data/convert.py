@@ -1,0 +1,298 @@
+"""Apache Beam conversion of GeoTIFF image/mask pairs into GZIP TFRecords of tf.Example.
+
+Bad pairs leave through a tagged dead-letter output and land in `rejected.jsonl` with their
+reason, so one broken file never costs the good ones. The same `ConvertPairs` transform is used
+by `tailings convert` and by the pipeline's ExampleGen; extra Beam options pass through
+unchanged, so the job runs on Dataflow, Flink or Spark as well as the local DirectRunner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+from data.config import ConversionConfig, ValidationConfig
+from data.examples import to_example
+from data.pairs import Rejection, discover_pairs, validate
+
+METRICS_NAMESPACE = "tailings.convert"
+CONVERTED = "converted"
+REJECTED = "rejected"
+WRITTEN = "written"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Where each pair goes: a split by hash of its id, then a shard within the split.
+
+    Hashing the id (not arrival order) makes the assignment deterministic: the same pairs give
+    byte-identical shards whatever the number of workers, and a pair never changes split when
+    others are added, which keeps train and eval honest across re-runs.
+    """
+
+    shards: int = 4
+    splits: tuple[tuple[str, int], ...] = (("", 1),)  # (name, hash buckets); "" = no split
+    file_pattern: str = "examples-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+
+    def key(self, pair_id: str) -> tuple[str, int]:
+        digest = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:8], "big")
+        buckets = sum(b for _, b in self.splits)
+        bucket, rest = digest % buckets, digest // buckets
+        for name, size in self.splits:
+            if bucket < size:
+                return name, rest % self.shards
+            bucket -= size
+        raise AssertionError("unreachable: bucket beyond the split sizes")
+
+    def all_keys(self) -> list[tuple[str, int]]:
+        return [(name, shard) for name, _ in self.splits for shard in range(self.shards)]
+
+    def path(self, output_dir: str, key: tuple[str, int]) -> str:
+        split, shard = key
+        return FileSystems.join(
+            output_dir, self.file_pattern.format(split=split, shard=shard, shards=self.shards)
+        )
+
+
+class WriteShardFn(beam.DoFn):
+    """Convert the pairs of one shard and write them as one GZIP TFRecord file.
+
+    Written by hand rather than with `WriteToTFRecord(num_shards=N)`: that transform shuffles
+    every serialized example (2.4 MB per 448x448 pair) through a GroupByKey, while grouping the
+    few-byte pair specs by shard moves only file names between workers. The file is written to
+    a temporary name and renamed, so a retried bundle never leaves half a shard.
+    """
+
+    def __init__(self, cfg: ValidationConfig, plan: ShardPlan, output_dir: str) -> None:
+        self._cfg = cfg
+        self._plan = plan
+        self._output_dir = output_dir
+
+    def setup(self) -> None:
+        self._converted = Metrics.counter(METRICS_NAMESPACE, CONVERTED)
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, REJECTED)
+
+    def process(self, keyed):
+        import tensorflow as tf
+
+        key, specs = keyed
+        final = self._plan.path(self._output_dir, key)
+        temp = f"{final}.tmp-{uuid.uuid4().hex}"
+        parent = final.rsplit("/", 1)[0]
+        if not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+        count = 0
+        with tf.io.TFRecordWriter(temp, options="GZIP") as writer:
+            for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
+                result = validate(spec, self._cfg)
+                if isinstance(result, Rejection):
+                    self._rejected.inc()
+                    Metrics.counter(METRICS_NAMESPACE, f"{REJECTED}.{result.reason}").inc()
+                    yield beam.pvalue.TaggedOutput(REJECTED, result.to_dict())
+                    continue
+                # Deterministic: map order would otherwise differ between processes.
+                writer.write(to_example(result).SerializeToString(deterministic=True))
+                self._converted.inc()
+                count += 1
+        FileSystems.rename([temp], [final])
+        yield {"split": key[0], "path": final, "examples": count}
+
+
+class ConvertPairs(beam.PTransform):
+    """PCollection[PairSpec] -> {written: shard records, rejected: dict} (dead-letter pattern).
+
+    Every shard of the plan is written, empty or not, so readers always find `shards` files.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        plan: ShardPlan = ShardPlan(),
+        cfg: ValidationConfig = ValidationConfig(),
+    ) -> None:
+        super().__init__()
+        self._output_dir = output_dir
+        self._plan = plan
+        self._cfg = cfg
+
+    def expand(self, specs):
+        plan = self._plan
+        keyed = specs | "Assign shard" >> beam.Map(lambda s: (plan.key(s.pair_id), s))
+        every_shard = specs.pipeline | "All shards" >> beam.Create(
+            [(k, None) for k in plan.all_keys()]
+        )
+        return (
+            (keyed, every_shard)
+            | "Merge" >> beam.Flatten()
+            | "Group by shard" >> beam.GroupByKey()
+            | "Validate, encode, write"
+            >> beam.ParDo(WriteShardFn(self._cfg, plan, self._output_dir)).with_outputs(
+                REJECTED, main=WRITTEN
+            )
+        )
+
+
+@dataclass
+class ConversionSummary:
+    """What `summary.json` holds."""
+
+    pairs_found: int
+    converted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    bytes_written: int
+    seconds: float
+    workers: int
+    shards: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def one_line(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
+        return (
+            f"converted {self.converted} of {self.pairs_found} pairs, rejected {self.rejected}"
+            + (f" ({reasons})" if reasons else "")
+            + f"; {self.bytes_written / 1e6:.1f} MB in {len(self.shards)} shards"
+            + f" in {self.seconds:.1f} s"
+        )
+
+
+class ConversionError(RuntimeError):
+    """A problem with the whole job (missing folder, nothing to convert), not with one pair."""
+
+
+def pipeline_options(
+    workers: int, beam_args: Sequence[str] = (), running_mode: str = "multi_processing"
+) -> PipelineOptions:
+    """DirectRunner settings for `workers`; options the user passes explicitly win."""
+    options = PipelineOptions(list(beam_args))
+    direct = options.view_as(DirectOptions)
+    given = " ".join(beam_args)
+    if workers > 1 and "--direct_num_workers" not in given:
+        direct.direct_num_workers = workers
+    if workers > 1 and "--direct_running_mode" not in given:
+        direct.direct_running_mode = running_mode
+    return options
+
+
+def _pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A Beam pipeline; a bad runner option becomes one clear error instead of a traceback."""
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as err:
+        raise ConversionError(f"Beam pipeline options: {err}") from None
+
+
+def _ticker(say: Callable[[str], None], what: str, stop: threading.Event, every: float) -> None:
+    start = time.monotonic()
+    while not stop.wait(every):
+        say(f"  ... {what}: {time.monotonic() - start:.0f} s elapsed")
+
+
+def run_conversion(
+    images_dir: str,
+    masks_dir: str,
+    output_dir: str,
+    cfg: ConversionConfig = ConversionConfig(),
+    beam_args: Sequence[str] = (),
+    say: Callable[[str], None] = lambda _msg: None,
+    progress_every: float = 10.0,
+) -> ConversionSummary:
+    """Convert every pair under two folders; write shards, rejected.jsonl and summary.json."""
+    start = time.monotonic()
+    specs = discover_pairs(images_dir, masks_dir, cfg.pairing)
+    if not specs:
+        raise ConversionError(
+            f"no {'/'.join(cfg.pairing.extensions)} files in {images_dir} or {masks_dir}"
+        )
+    say(f"found {len(specs)} candidate pairs; converting with {cfg.workers} worker(s)")
+    plan = ShardPlan(shards=cfg.shards, file_pattern=cfg.examples_pattern)
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
+    _remove_old_outputs(output_dir, cfg)
+    rejected_path = FileSystems.join(output_dir, cfg.rejected_file)
+
+    stop = threading.Event()
+    ticker = threading.Thread(
+        target=_ticker,
+        args=(say, f"converting {len(specs)} pairs", stop, progress_every),
+        daemon=True,
+    )
+    ticker.start()
+    try:
+        with _pipeline(pipeline_options(cfg.workers, beam_args, cfg.running_mode)) as p:
+            outputs = (
+                p
+                | "Pairs" >> beam.Create(specs)
+                | "Convert" >> ConvertPairs(output_dir, plan, cfg.validation)
+            )
+            _ = (
+                outputs[REJECTED]
+                | "To JSON" >> beam.Map(json.dumps, sort_keys=True)
+                | "Write rejected"
+                >> beam.io.WriteToText(rejected_path, shard_name_template="", num_shards=1)
+            )
+        result = p.result
+    finally:
+        stop.set()
+
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
+            "counters"
+        ]
+    }
+    rejected_rows = _sort_rejected(rejected_path)
+    shards = _existing_shards(output_dir, cfg)
+    by_reason: dict[str, int] = {}
+    for row in rejected_rows:
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    summary = ConversionSummary(
+        pairs_found=len(specs),
+        converted=int(counters.get(CONVERTED, len(specs) - len(rejected_rows))),
+        rejected=len(rejected_rows),
+        rejected_by_reason=by_reason,
+        bytes_written=sum(m.size_in_bytes for m in shards),
+        seconds=round(time.monotonic() - start, 3),
+        workers=cfg.workers,
+        shards=[m.path.rsplit("/", 1)[-1] for m in shards],
+    )
+    with FileSystems.create(FileSystems.join(output_dir, cfg.summary_file)) as fh:
+        fh.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode() + b"\n")
+    return summary
+
+
+def _existing_shards(output_dir: str, cfg: ConversionConfig) -> list:
+    glob = cfg.examples_pattern.split("{", 1)[0] + "*" + cfg.examples_pattern.rsplit("}", 1)[-1]
+    found = FileSystems.match([FileSystems.join(output_dir, glob)])[0].metadata_list
+    return sorted(found, key=lambda m: m.path)
+
+
+def _remove_old_outputs(output_dir: str, cfg: ConversionConfig) -> None:
+    """A re-run must not mix its shards with an earlier run's (different shard counts)."""
+    old = [m.path for m in _existing_shards(output_dir, cfg)]
+    if old:
+        FileSystems.delete(old)
+
+
+def _sort_rejected(path: str) -> list[dict]:
+    """Beam writes rejections in arrival order; rewrite them sorted by id for stable diffs."""
+    if not FileSystems.exists(path):
+        return []
+    with FileSystems.open(path) as fh:
+        rows = [json.loads(line) for line in fh.read().decode().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["id"], r["reason"]))
+    with FileSystems.create(path) as fh:
+        fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    return rows

@@ -1,0 +1,76 @@
+"""Encode a validated pair as a `tf.train.Example` and decode it back.
+
+Both directions live here, next to `schemas.features`, so the byte layout (little-endian
+float32 H x W x bands; uint8 mask) is written and read by the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data.pairs import GeoPair
+from schemas import features as F
+
+
+def summary(pair: GeoPair) -> dict[str, list[float] | float]:
+    """Per-image statistics that TFDV summarises and the schema constrains."""
+    pixels = pair.image.reshape(-1, pair.image.shape[-1]).astype(np.float64)
+    return {
+        F.BAND_MEAN: pixels.mean(axis=0).tolist(),
+        F.BAND_STD: pixels.std(axis=0).tolist(),
+        F.BAND_MIN: pixels.min(axis=0).tolist(),
+        F.BAND_MAX: pixels.max(axis=0).tolist(),
+        F.TAILINGS_FRACTION: float(pair.mask.mean()) if pair.mask.size else 0.0,
+    }
+
+
+def to_example(pair: GeoPair):
+    """The tf.Example of one pair, with every feature of `schemas.features.feature_spec`."""
+    import tensorflow as tf
+
+    def b(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+    def i(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    def f(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    height, width, bands = pair.image.shape
+    stats = summary(pair)
+    feature = {
+        F.PAIR_ID: b([pair.pair_id.encode()]),
+        F.IMAGE: b([pair.image.astype(F.IMAGE_DTYPE, copy=False).tobytes()]),
+        F.MASK: b([pair.mask.astype(F.MASK_DTYPE, copy=False).tobytes()]),
+        F.HEIGHT: i([height]),
+        F.WIDTH: i([width]),
+        F.BANDS: i([bands]),
+        F.BAND_NAMES: b([n.encode() for n in pair.band_names]),
+        F.CRS_WKT: b([pair.crs_wkt.encode()]),
+        F.EPSG: i([pair.epsg]),
+        F.TRANSFORM: f(list(pair.transform)),
+        F.BAND_MEAN: f(stats[F.BAND_MEAN]),
+        F.BAND_STD: f(stats[F.BAND_STD]),
+        F.BAND_MIN: f(stats[F.BAND_MIN]),
+        F.BAND_MAX: f(stats[F.BAND_MAX]),
+        F.TAILINGS_FRACTION: f([stats[F.TAILINGS_FRACTION]]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def decode_arrays(serialized: bytes) -> tuple[str, np.ndarray, np.ndarray]:
+    """(pair id, image H x W x bands float32, mask H x W uint8) from one serialized Example."""
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(serialized).features.feature
+    height = ex[F.HEIGHT].int64_list.value[0]
+    width = ex[F.WIDTH].int64_list.value[0]
+    bands = ex[F.BANDS].int64_list.value[0]
+    image = np.frombuffer(ex[F.IMAGE].bytes_list.value[0], dtype=F.IMAGE_DTYPE)
+    mask = np.frombuffer(ex[F.MASK].bytes_list.value[0], dtype=F.MASK_DTYPE)
+    return (
+        ex[F.PAIR_ID].bytes_list.value[0].decode(),
+        image.reshape(height, width, bands),
+        mask.reshape(height, width),
+    )

@@ -1,0 +1,225 @@
+"""Find image/mask pairs in two folders and validate each pair with rasterio.
+
+Validation returns a `Rejection` (a stable reason code plus a human detail) instead of raising,
+so one bad file never stops a conversion and every bad pair is reported with its cause.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.config import PairingConfig, ValidationConfig
+
+# Stable reason codes: they appear in rejected.jsonl and summary.json, so users can grep them.
+MISSING_MASK = "missing_mask"
+MISSING_IMAGE = "missing_image"
+DUPLICATE_ID = "duplicate_id"
+UNREADABLE_IMAGE = "unreadable_image"
+UNREADABLE_MASK = "unreadable_mask"
+IMAGE_BAND_COUNT = "image_band_count"
+IMAGE_DTYPE = "image_dtype"
+MASK_BAND_COUNT = "mask_band_count"
+MASK_VALUES = "mask_values"
+SHAPE_MISMATCH = "shape_mismatch"
+MISSING_CRS = "missing_crs"
+CRS_MISMATCH = "crs_mismatch"
+TRANSFORM_MISMATCH = "transform_mismatch"
+NON_FINITE_PIXELS = "non_finite_pixels"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One candidate pair as found on disk; either path may be missing."""
+
+    pair_id: str
+    image: str | None
+    mask: str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a pair was not converted."""
+
+    pair_id: str
+    image: str | None
+    mask: str | None
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "id": self.pair_id,
+            "image": self.image,
+            "mask": self.mask,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class GeoPair:
+    """A validated pair: pixels plus the georeference to write predictions back onto."""
+
+    pair_id: str
+    image: np.ndarray  # float32, H x W x bands, file band order
+    mask: np.ndarray  # uint8, H x W
+    band_names: tuple[str, ...]
+    crs_wkt: str
+    epsg: int
+    transform: tuple[float, float, float, float, float, float]
+
+
+class PairError(Exception):
+    """Raised inside validation; carries the reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _pair_key(path: Path, prefix: str) -> str:
+    stem = path.stem
+    return stem[len(prefix) :] if stem.startswith(prefix) and len(stem) > len(prefix) else stem
+
+
+def _list_rasters(folder: Path, cfg: PairingConfig) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in cfg.extensions)
+
+
+def discover_pairs(
+    images_dir: str | Path, masks_dir: str | Path, cfg: PairingConfig = PairingConfig()
+) -> list[PairSpec]:
+    """Pair `img_<id>.tif` with `mask_<id>.tif` (or equal file names) across two folders.
+
+    Unpaired files come back as specs with one side missing, so they are rejected and reported
+    like any other bad pair instead of being silently ignored.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    for label, folder in (("images", images_dir), ("masks", masks_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{label} folder does not exist: {folder}")
+    by_key: dict[str, dict[str, list[Path]]] = {}
+    for side, folder, prefix in (
+        ("image", images_dir, cfg.image_prefix),
+        ("mask", masks_dir, cfg.mask_prefix),
+    ):
+        for path in _list_rasters(folder, cfg):
+            by_key.setdefault(_pair_key(path, prefix), {"image": [], "mask": []})[side].append(path)
+    specs = []
+    for key in sorted(by_key, key=_natural_key):
+        sides = by_key[key]
+        image = [str(p) for p in sides["image"]]
+        mask = [str(p) for p in sides["mask"]]
+        if len(image) > 1 or len(mask) > 1:
+            # Two files claim the same id: keep the ambiguity visible rather than guess.
+            specs.append(PairSpec(key, ";".join(image) or None, ";".join(mask) or None))
+        else:
+            specs.append(PairSpec(key, image[0] if image else None, mask[0] if mask else None))
+    return specs
+
+
+def _natural_key(text: str) -> tuple:
+    """Sort `2` before `10`, so listings read like the folder."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text))
+
+
+def _read(path: str, unreadable: str):
+    """Open and fully read a raster; any GDAL failure becomes a reason, not a traceback."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as src:
+            return src.read(), src.profile, src.crs, src.transform, src.descriptions
+    except (RasterioError, OSError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PairError(unreadable, f"{path}: {message}") from None
+
+
+def _transforms_match(a, b, tolerance: float) -> bool:
+    scale = max(abs(a.a), abs(a.e), abs(a.b), abs(a.d), 1e-12)
+    return all(
+        math.isclose(x, y, rel_tol=0, abs_tol=tolerance * scale) for x, y in zip(a, b, strict=True)
+    )
+
+
+def load_pair(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> GeoPair:
+    """Read and validate one pair, raising `PairError` with the first problem found."""
+    if spec.image and ";" in spec.image or spec.mask and ";" in spec.mask:
+        raise PairError(
+            DUPLICATE_ID,
+            f"several files share id {spec.pair_id!r}: "
+            f"{spec.image or ''} {spec.mask or ''}".strip(),
+        )
+    if spec.mask is None:
+        raise PairError(MISSING_MASK, f"{spec.image}: no mask file with id {spec.pair_id!r}")
+    if spec.image is None:
+        raise PairError(MISSING_IMAGE, f"{spec.mask}: no image file with id {spec.pair_id!r}")
+
+    image, image_profile, image_crs, image_tf, descriptions = _read(spec.image, UNREADABLE_IMAGE)
+    mask, _, mask_crs, mask_tf, _ = _read(spec.mask, UNREADABLE_MASK)
+
+    if image.shape[0] != cfg.image_bands:
+        raise PairError(
+            IMAGE_BAND_COUNT,
+            f"{spec.image}: {image.shape[0]} bands, expected {cfg.image_bands}",
+        )
+    if not np.issubdtype(image.dtype, np.floating):
+        raise PairError(IMAGE_DTYPE, f"{spec.image}: dtype {image.dtype}, expected a float type")
+    if mask.shape[0] != 1:
+        raise PairError(MASK_BAND_COUNT, f"{spec.mask}: {mask.shape[0]} bands, expected 1")
+    if image.shape[1:] != mask.shape[1:]:
+        raise PairError(
+            SHAPE_MISMATCH,
+            f"image {spec.image} is {image.shape[2]}x{image.shape[1]} (WxH) but mask "
+            f"{spec.mask} is {mask.shape[2]}x{mask.shape[1]}",
+        )
+    if image_crs is None:
+        raise PairError(MISSING_CRS, f"{spec.image}: no CRS; predictions could not be placed")
+    if mask_crs != image_crs:
+        raise PairError(CRS_MISMATCH, f"image CRS {image_crs} != mask CRS {mask_crs} ({spec.mask})")
+    if not _transforms_match(image_tf, mask_tf, cfg.transform_tolerance):
+        raise PairError(
+            TRANSFORM_MISMATCH,
+            f"image transform {tuple(image_tf)[:6]} != mask transform {tuple(mask_tf)[:6]}"
+            f" ({spec.mask})",
+        )
+    finite = np.isfinite(image)
+    if not finite.all():
+        n_nan = int(np.isnan(image).sum())
+        n_inf = int(np.isinf(image).sum())
+        raise PairError(NON_FINITE_PIXELS, f"{spec.image}: {n_nan} NaN and {n_inf} infinite values")
+    values = np.unique(mask)
+    if not set(values.tolist()) <= set(cfg.mask_values):
+        shown = ", ".join(str(v) for v in values[:8]) + (" ..." if values.size > 8 else "")
+        raise PairError(
+            MASK_VALUES,
+            f"{spec.mask}: values {{{shown}}}, expected only {set(cfg.mask_values)}",
+        )
+
+    band_names = tuple(
+        d if d else f"band_{i + 1}" for i, d in enumerate(descriptions or [None] * image.shape[0])
+    )
+    return GeoPair(
+        pair_id=spec.pair_id,
+        image=np.ascontiguousarray(np.transpose(image, (1, 2, 0)), dtype="<f4"),
+        mask=np.ascontiguousarray(mask[0], dtype=np.uint8),
+        band_names=band_names,
+        crs_wkt=image_crs.to_wkt(),
+        epsg=int(image_crs.to_epsg() or 0),
+        transform=tuple(float(v) for v in tuple(image_tf)[:6]),
+    )
+
+
+def validate(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> GeoPair | Rejection:
+    """`load_pair`, with failures returned as a `Rejection` value."""
+    try:
+        return load_pair(spec, cfg)
+    except PairError as err:
+        return Rejection(spec.pair_id, spec.image, spec.mask, err.reason, err.detail)

@@ -1,0 +1,1 @@
+"""Pipeline: the TFX pipeline definition and its local runner (uses data and components)."""

@@ -1,0 +1,63 @@
+"""The one definition of the tf.Example written by conversion and read by every consumer.
+
+Writer (`data.convert`), readers (`data.reader`), Transform and the serving signatures all
+import these names and the parsing spec from here, so a feature cannot drift between them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # TensorFlow is imported lazily: the CLI and Beam planning stay fast.
+    import tensorflow as tf
+
+# Identity and raw pixels.
+PAIR_ID = "pair_id"
+IMAGE = "image"  # little-endian float32 bytes, H x W x BANDS, in the file's band order
+MASK = "mask"  # raw uint8 bytes, H x W, values 0 (background) / 1 (tailings)
+HEIGHT = "height"
+WIDTH = "width"
+BANDS = "bands"
+BAND_NAMES = "band_names"
+
+# Georeference: enough to write a prediction back onto the same grid.
+CRS_WKT = "crs_wkt"
+EPSG = "epsg"  # 0 when the CRS has no EPSG code
+TRANSFORM = "transform"  # affine a, b, c, d, e, f (rasterio order)
+
+# Per-image summary features: what TFDV computes statistics over and the schema constrains.
+BAND_MEAN = "band_mean"
+BAND_STD = "band_std"
+BAND_MIN = "band_min"
+BAND_MAX = "band_max"
+TAILINGS_FRACTION = "tailings_fraction"
+
+IMAGE_DTYPE = "<f4"
+MASK_DTYPE = "u1"
+EXPECTED_BANDS = 3
+
+SUMMARY_FEATURES = (BAND_MEAN, BAND_STD, BAND_MIN, BAND_MAX, TAILINGS_FRACTION)
+BYTES_FEATURES = (IMAGE, MASK)
+
+
+def feature_spec(bands: int = EXPECTED_BANDS) -> dict[str, tf.io.FixedLenFeature]:
+    """Parsing spec for `tf.io.parse_example`; matches what `data.convert` writes."""
+    import tensorflow as tf
+
+    return {
+        PAIR_ID: tf.io.FixedLenFeature([], tf.string),
+        IMAGE: tf.io.FixedLenFeature([], tf.string),
+        MASK: tf.io.FixedLenFeature([], tf.string),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        BANDS: tf.io.FixedLenFeature([], tf.int64),
+        BAND_NAMES: tf.io.FixedLenFeature([bands], tf.string),
+        CRS_WKT: tf.io.FixedLenFeature([], tf.string),
+        EPSG: tf.io.FixedLenFeature([], tf.int64),
+        TRANSFORM: tf.io.FixedLenFeature([6], tf.float32),
+        BAND_MEAN: tf.io.FixedLenFeature([bands], tf.float32),
+        BAND_STD: tf.io.FixedLenFeature([bands], tf.float32),
+        BAND_MIN: tf.io.FixedLenFeature([bands], tf.float32),
+        BAND_MAX: tf.io.FixedLenFeature([bands], tf.float32),
+        TAILINGS_FRACTION: tf.io.FixedLenFeature([], tf.float32),
+    }

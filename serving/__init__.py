@@ -1,0 +1,1 @@
+"""Serving: TF Serving model directory, config, and an embedded server with its REST contract."""

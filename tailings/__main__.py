@@ -1,0 +1,3 @@
+from tailings.cli import main
+
+raise SystemExit(main())

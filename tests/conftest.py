@@ -1,0 +1,26 @@
+"""Shared pytest setup: Keras 2 for TFX, and where the real study data lives."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# TFX/TFMA 1.16 need Keras-2 SavedModels; this must be set before TensorFlow is imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(
+    os.environ.get("TAILINGS_REAL_DATA", PROJECT_ROOT.parent / "shared" / "brazil-tailings")
+)
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The study's pairs from ../shared/brazil-tailings, or a skip that says why."""
+    if not (REAL_DATA / "img").is_dir() or not (REAL_DATA / "mask").is_dir():
+        pytest.skip(
+            f"real data not found at {REAL_DATA} (expected img/ and mask/); "
+            "set TAILINGS_REAL_DATA or run `tailings fetch-data`"
+        )
+    return REAL_DATA
