@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from data.config import ConversionConfig, ValidationConfig
 from data.examples import to_example
-from data.pairs import Rejection, discover_pairs, validate
+from data.pairs import PairSpec, Rejection, discover_pairs, validate
 
 METRICS_NAMESPACE = "tailings.convert"
 CONVERTED = "converted"
@@ -103,6 +103,7 @@ class WriteShardFn(beam.DoFn):
                 # Deterministic: map order would otherwise differ between processes.
                 writer.write(to_example(result).SerializeToString(deterministic=True))
                 self._converted.inc()
+                Metrics.counter(METRICS_NAMESPACE, f"{CONVERTED}.{key[0]}").inc()
                 count += 1
         FileSystems.rename([temp], [final])
         yield {"split": key[0], "path": final, "examples": count}
@@ -154,14 +155,18 @@ class ConversionSummary:
     seconds: float
     workers: int
     shards: list[str] = field(default_factory=list)
+    converted_by_split: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def one_line(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
+        splits = ", ".join(f"{k} {v}" for k, v in self.converted_by_split.items() if k)
         return (
-            f"converted {self.converted} of {self.pairs_found} pairs, rejected {self.rejected}"
+            f"converted {self.converted} of {self.pairs_found} pairs"
+            + (f" ({splits})" if splits else "")
+            + f", rejected {self.rejected}"
             + (f" ({reasons})" if reasons else "")
             + f"; {self.bytes_written / 1e6:.1f} MB in {len(self.shards)} shards"
             + f" in {self.seconds:.1f} s"
@@ -200,6 +205,70 @@ def _ticker(say: Callable[[str], None], what: str, stop: threading.Event, every:
         say(f"  ... {what}: {time.monotonic() - start:.0f} s elapsed")
 
 
+def convert_pairs(
+    p: beam.Pipeline,
+    specs: Sequence[PairSpec],
+    output_dir: str,
+    plan: ShardPlan,
+    validation: ValidationConfig,
+    rejected_path: str,
+) -> None:
+    """Add the conversion to a pipeline: shards under `output_dir`, rejections as JSON lines.
+
+    Shared by `tailings convert` and the pipeline's ExampleGen, which brings its own pipeline.
+    """
+    outputs = (
+        p | "Pairs" >> beam.Create(specs) | "Convert" >> ConvertPairs(output_dir, plan, validation)
+    )
+    _ = (
+        outputs[REJECTED]
+        | "To JSON" >> beam.Map(json.dumps, sort_keys=True)
+        | "Write rejected"
+        >> beam.io.WriteToText(rejected_path, shard_name_template="", num_shards=1)
+    )
+
+
+def summarize(
+    result,
+    specs: Sequence[PairSpec],
+    plan: ShardPlan,
+    output_dir: str,
+    rejected_path: str,
+    summary_path: str,
+    seconds: float,
+    workers: int,
+) -> ConversionSummary:
+    """Counts from Beam metrics, rejections and the shard files; written as summary.json."""
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
+            "counters"
+        ]
+    }
+    rejected_rows = _sort_rejected(rejected_path)
+    paths = [plan.path(output_dir, key) for key in plan.all_keys()]
+    shards = [m for r in FileSystems.match(paths) for m in r.metadata_list]
+    by_reason: dict[str, int] = {}
+    for row in rejected_rows:
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    summary = ConversionSummary(
+        pairs_found=len(specs),
+        converted=int(counters.get(CONVERTED, 0)),
+        rejected=len(rejected_rows),
+        rejected_by_reason=by_reason,
+        bytes_written=sum(m.size_in_bytes for m in shards),
+        seconds=round(seconds, 3),
+        workers=workers,
+        shards=[m.path[len(output_dir) :].lstrip("/") for m in shards],
+        converted_by_split={
+            name: int(counters.get(f"{CONVERTED}.{name}", 0)) for name, _ in plan.splits
+        },
+    )
+    with FileSystems.create(summary_path) as fh:
+        fh.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode() + b"\n")
+    return summary
+
+
 def run_conversion(
     images_dir: str,
     masks_dir: str,
@@ -232,56 +301,27 @@ def run_conversion(
     ticker.start()
     try:
         with _pipeline(pipeline_options(cfg.workers, beam_args, cfg.running_mode)) as p:
-            outputs = (
-                p
-                | "Pairs" >> beam.Create(specs)
-                | "Convert" >> ConvertPairs(output_dir, plan, cfg.validation)
-            )
-            _ = (
-                outputs[REJECTED]
-                | "To JSON" >> beam.Map(json.dumps, sort_keys=True)
-                | "Write rejected"
-                >> beam.io.WriteToText(rejected_path, shard_name_template="", num_shards=1)
-            )
-        result = p.result
+            convert_pairs(p, specs, output_dir, plan, cfg.validation, rejected_path)
     finally:
         stop.set()
-
-    counters = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
-            "counters"
-        ]
-    }
-    rejected_rows = _sort_rejected(rejected_path)
-    shards = _existing_shards(output_dir, cfg)
-    by_reason: dict[str, int] = {}
-    for row in rejected_rows:
-        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
-    summary = ConversionSummary(
-        pairs_found=len(specs),
-        converted=int(counters.get(CONVERTED, len(specs) - len(rejected_rows))),
-        rejected=len(rejected_rows),
-        rejected_by_reason=by_reason,
-        bytes_written=sum(m.size_in_bytes for m in shards),
-        seconds=round(time.monotonic() - start, 3),
-        workers=cfg.workers,
-        shards=[m.path.rsplit("/", 1)[-1] for m in shards],
+    return summarize(
+        p.result,
+        specs,
+        plan,
+        output_dir,
+        rejected_path,
+        FileSystems.join(output_dir, cfg.summary_file),
+        time.monotonic() - start,
+        cfg.workers,
     )
-    with FileSystems.create(FileSystems.join(output_dir, cfg.summary_file)) as fh:
-        fh.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True).encode() + b"\n")
-    return summary
-
-
-def _existing_shards(output_dir: str, cfg: ConversionConfig) -> list:
-    glob = cfg.examples_pattern.split("{", 1)[0] + "*" + cfg.examples_pattern.rsplit("}", 1)[-1]
-    found = FileSystems.match([FileSystems.join(output_dir, glob)])[0].metadata_list
-    return sorted(found, key=lambda m: m.path)
 
 
 def _remove_old_outputs(output_dir: str, cfg: ConversionConfig) -> None:
     """A re-run must not mix its shards with an earlier run's (different shard counts)."""
-    old = [m.path for m in _existing_shards(output_dir, cfg)]
+    pattern = cfg.examples_pattern.split("{", 1)[0] + "*" + cfg.examples_pattern.rsplit("}", 1)[-1]
+    old = [
+        m.path for m in FileSystems.match([FileSystems.join(output_dir, pattern)])[0].metadata_list
+    ]
     if old:
         FileSystems.delete(old)
 
