@@ -42,3 +42,11 @@ class ConversionConfig:
     summary_file: str = "summary.json"
     pairing: PairingConfig = PairingConfig()
     validation: ValidationConfig = ValidationConfig()
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Train/eval split by hash of the pair id (deterministic: a pair never changes sides)."""
+
+    splits: tuple[tuple[str, int], ...] = (("train", 4), ("eval", 1))  # 80/20
+    shards: int = 2  # per split

@@ -133,8 +133,95 @@ def _fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
     return EXIT_OK if not result.failed else EXIT_FAILED
 
 
+# --------------------------------------------------------------------------- run
+def _add_run(sub) -> None:
+    from components.config import PRESETS
+    from pipeline.config import PipelineConfig, Thresholds
+
+    d, t = PipelineConfig(), Thresholds()
+    p = sub.add_parser(
+        "run",
+        help="run the TFX pipeline: validate, transform, train, evaluate, push a blessed model",
+        description=(
+            "Run the TFX pipeline with the local runner (SQLite ML Metadata). Exit codes: "
+            "0 blessed and pushed; 3 ran fine but not blessed (nothing pushed); "
+            "4 data anomalies stopped the run; 1 any other error."
+        ),
+    )
+    p.add_argument("--data", type=Path, default=d.data_dir, help="folder with img/ and mask/")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset, help="model preset")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=d.output_dir,
+        help="pipeline root, metadata DB and logs (default: %(default)s)",
+    )
+    p.add_argument("--serving-dir", type=Path, default=d.serving_dir, help="default: %(default)s")
+    p.add_argument("--model-name", default=d.model_name, help="default: %(default)s")
+    p.add_argument(
+        "--min-pixel-accuracy",
+        type=float,
+        default=t.min_pixel_accuracy,
+        help="blessing threshold (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-iou", type=float, default=t.min_iou, help="blessing threshold (default: %(default)s)"
+    )
+    p.add_argument("--workers", type=int, default=d.workers, help="Beam workers")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import re
+
+    from pipeline.config import PipelineConfig, Thresholds
+    from pipeline.runner import run_pipeline
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.model_name):
+        raise CliError(f"--model-name {args.model_name!r}: use letters, digits, '_', '.', '-'")
+    cfg = PipelineConfig(
+        data_dir=args.data,
+        output_dir=args.output_dir,
+        serving_dir=args.serving_dir,
+        model_name=args.model_name,
+        preset=args.preset,
+        epochs=args.epochs,
+        workers=args.workers,
+        thresholds=Thresholds(min_pixel_accuracy=args.min_pixel_accuracy, min_iou=args.min_iou),
+    )
+    try:
+        summary = run_pipeline(cfg)
+    except FileNotFoundError as err:
+        raise CliError(str(err)) from None
+    for line in summary.lines():
+        print(line)
+    return summary.exit_code
+
+
+# --------------------------------------------------------------------------- runs
+def _add_runs(sub) -> None:
+    from pipeline.config import PipelineConfig
+
+    p = sub.add_parser("runs", help="list past pipeline runs from the ML Metadata store")
+    p.add_argument("--output-dir", type=Path, default=PipelineConfig().output_dir)
+    p.set_defaults(func=_runs)
+
+
+def _runs(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.runs import list_runs
+
+    cfg = PipelineConfig(output_dir=args.output_dir)
+    if not cfg.metadata_path.exists():
+        raise CliError(f"no metadata store at {cfg.metadata_path}; run `tailings run` first")
+    for line in list_runs(cfg):
+        print(line)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
-VERBS: tuple[Callable, ...] = (_add_convert, _add_fetch)
+VERBS: tuple[Callable, ...] = (_add_convert, _add_fetch, _add_run, _add_runs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,232 @@
+"""Segmentation losses and pixel metrics that work in Keras training and in TFMA alike.
+
+TFMA feeds Keras metrics labels/predictions per example (squeezed to [B,H,W]) with ONE
+weight per example ([B,1]); stock Keras IoU / Precision / Recall / AUC then fail (they need
+a weight per pixel) and BinaryAccuracy silently averages over the wrong axis. The classes
+here broadcast the weight to every pixel and flatten pixels to [P,1] before the stock
+update, so they give the same numbers in `model.fit` and in TFMA. They are registered as
+Keras serialisable under package "tailings", and their class names do not collide with
+TFMA's own metric names (TFMA would otherwise pick its own class and ignore `module`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+if TYPE_CHECKING:
+    import tensorflow_model_analysis as tfma
+
+PACKAGE = "tailings"
+THRESHOLD = 0.5  # probability above which a pixel is called tailings
+TAILINGS_CLASS_ID = 1
+DICE_SMOOTH = 1.0  # keeps dice defined (and its gradient sane) on tiles with no tailings
+AUC_THRESHOLDS = 200  # Keras' default resolution of the ROC curve
+MODULE = __name__  # "components.metrics": what tfma.MetricConfig(module=...) needs
+
+# Metric names: the keys in Keras history (val_ prefixed for eval) and in TFMA results.
+PIXEL_ACCURACY = "pixel_accuracy"
+IOU = "iou"
+PRECISION = "precision"
+RECALL = "recall"
+F1 = "f1"
+AUC = "auc"
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _per_example_mean(values: tf.Tensor) -> tf.Tensor:
+    """Mean over every axis but the batch axis: one loss value per example."""
+    return tf.reduce_mean(values, axis=tf.range(1, tf.rank(values)))
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+def bce(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Pixel-wise binary cross-entropy, averaged per example -> [N]."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    return _per_example_mean(keras.backend.binary_crossentropy(y_true, y_pred))
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+def dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """1 - soft Dice per example -> [N]; insensitive to how rare tailings pixels are."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    axes = tf.range(1, tf.rank(y_pred))
+    intersection = tf.reduce_sum(y_true * y_pred, axis=axes)
+    total = tf.reduce_sum(y_true, axis=axes) + tf.reduce_sum(y_pred, axis=axes)
+    return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+def bce_dice(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """BCE for calibrated per-pixel probabilities plus Dice for overlap -> [N]."""
+    return bce(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+LOSS_FUNCTIONS: dict[str, LossFn] = {"bce": bce, "bce_dice": bce_dice}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function for `ModelConfig.loss`."""
+    try:
+        return LOSS_FUNCTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSS_FUNCTIONS)}") from None
+
+
+def broadcast_sample_weight(sample_weight: Any, y_true: tf.Tensor) -> tf.Tensor:
+    """Give every pixel its example's weight: [N], [N,1] or scalar -> y_true's shape."""
+    weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
+    target_rank = y_true.shape.rank
+    if weight.shape.rank is None or target_rank is None:
+        raise ValueError("sample_weight and y_true need a known rank")
+    if weight.shape.rank != target_rank:
+        # One weight per example: [N] (or [N,1], or a scalar) -> [N,1,...,1].
+        weight = tf.reshape(weight, [-1] + [1] * (target_rank - 1))
+    return tf.broadcast_to(weight, tf.shape(y_true))
+
+
+class _Pixelwise:
+    """Mixin: broadcast per-example weights to pixels, then hand pixels as [P,1] to Keras.
+
+    Flattening makes [B,H,W] (TFMA) and [B,H,W,1] (Keras) inputs identical to the metric.
+    """
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        y_true = tf.convert_to_tensor(y_true)
+        y_pred = tf.convert_to_tensor(y_pred)
+        if sample_weight is not None:
+            sample_weight = tf.reshape(broadcast_sample_weight(sample_weight, y_true), [-1, 1])
+        return super().update_state(  # type: ignore[misc]
+            tf.reshape(y_true, [-1, 1]), tf.reshape(y_pred, [-1, 1]), sample_weight
+        )
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class PixelAccuracy(_Pixelwise, keras.metrics.BinaryAccuracy):
+    """Fraction of pixels classified correctly at `threshold`."""
+
+    def __init__(
+        self, name: str = PIXEL_ACCURACY, dtype: Any = None, threshold: float = THRESHOLD
+    ) -> None:
+        super().__init__(name=name, dtype=dtype, threshold=threshold)
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class TailingsIoU(_Pixelwise, keras.metrics.BinaryIoU):
+    """Intersection over union of the tailings class (not the mean over both classes)."""
+
+    def __init__(
+        self,
+        target_class_ids: Sequence[int] = (TAILINGS_CLASS_ID,),
+        threshold: float = THRESHOLD,
+        name: str = IOU,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            target_class_ids=list(target_class_ids), threshold=threshold, name=name, dtype=dtype
+        )
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class TailingsPrecision(_Pixelwise, keras.metrics.Precision):
+    """Precision of tailings pixels at `thresholds`."""
+
+    def __init__(self, thresholds: Any = THRESHOLD, name: str = PRECISION, **kwargs: Any):
+        super().__init__(thresholds=thresholds, name=name, **kwargs)
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class TailingsRecall(_Pixelwise, keras.metrics.Recall):
+    """Recall of tailings pixels at `thresholds`."""
+
+    def __init__(self, thresholds: Any = THRESHOLD, name: str = RECALL, **kwargs: Any):
+        super().__init__(thresholds=thresholds, name=name, **kwargs)
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class TailingsAUC(_Pixelwise, keras.metrics.AUC):
+    """Area under the pixel-level ROC curve: threshold-free ranking quality."""
+
+    def __init__(self, num_thresholds: int = AUC_THRESHOLDS, name: str = AUC, **kwargs: Any):
+        super().__init__(num_thresholds=num_thresholds, name=name, **kwargs)
+
+
+class _F1Counts(keras.metrics.Metric):
+    """F1 from weighted TP/FP/FN counts accumulated over all pixels seen."""
+
+    def __init__(self, threshold: float = THRESHOLD, name: str = F1, dtype: Any = None):
+        super().__init__(name=name, dtype=dtype)
+        self.threshold = threshold
+        self.true_positives = self.add_weight("true_positives", initializer="zeros")
+        self.false_positives = self.add_weight("false_positives", initializer="zeros")
+        self.false_negatives = self.add_weight("false_negatives", initializer="zeros")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        truth = tf.cast(y_true, self.dtype) > THRESHOLD
+        predicted = tf.cast(y_pred, self.dtype) > self.threshold
+        weight = (
+            tf.ones_like(tf.cast(y_true, self.dtype))
+            if sample_weight is None
+            else tf.cast(sample_weight, self.dtype)
+        )
+
+        def weighted_sum(condition: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.cast(condition, self.dtype) * weight)
+
+        self.true_positives.assign_add(weighted_sum(truth & predicted))
+        self.false_positives.assign_add(weighted_sum(~truth & predicted))
+        self.false_negatives.assign_add(weighted_sum(truth & ~predicted))
+
+    def result(self) -> tf.Tensor:
+        return tf.math.divide_no_nan(
+            2.0 * self.true_positives,
+            2.0 * self.true_positives + self.false_positives + self.false_negatives,
+        )
+
+    def reset_state(self) -> None:
+        for variable in self.variables:
+            variable.assign(tf.zeros_like(variable))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class TailingsF1(_Pixelwise, _F1Counts):
+    """F1 of tailings pixels (harmonic mean of precision and recall over the whole set)."""
+
+
+# (class, name) of every pixel metric, for TFMA configs and tests.
+PIXEL_METRICS: tuple[tuple[type[keras.metrics.Metric], str], ...] = (
+    (PixelAccuracy, PIXEL_ACCURACY),
+    (TailingsIoU, IOU),
+    (TailingsPrecision, PRECISION),
+    (TailingsRecall, RECALL),
+    (TailingsF1, F1),
+    (TailingsAUC, AUC),
+)
+
+
+def training_metrics() -> list[keras.metrics.Metric]:
+    """Fresh metric objects for `model.compile` (names match the TFMA configs)."""
+    return [cls(name=name) for cls, name in PIXEL_METRICS]
+
+
+def tfma_metric_configs() -> list[tfma.MetricConfig]:
+    """`tfma.MetricConfig`s for the pixel metrics, plus TFMA's example count.
+
+    Explicit names make TFMA report the same keys as Keras training ("iou", not TFMA's
+    derived "tailings_io_u"); if TFMA also loads the model's compiled metrics, same-named
+    entries merge instead of appearing twice.
+    """
+    import tensorflow_model_analysis as tfma
+
+    return [tfma.MetricConfig(class_name="ExampleCount")] + [
+        tfma.MetricConfig(class_name=cls.__name__, module=MODULE, config=json.dumps({"name": name}))
+        for cls, name in PIXEL_METRICS
+    ]

@@ -1,0 +1,364 @@
+"""TFX Trainer logic: train the U-Net on Transform's output and export three signatures.
+
+Signatures of the exported SavedModel (all return `probabilities` [N,H,W,1]):
+- `serving_default`: serialized raw tf.Example (`examples`) -> transform graph -> model;
+- `transform_features`: serialized raw tf.Example -> transformed features incl. the label
+  (TFMA's `preprocessing_function_names`, so TFMA can read the decoded mask);
+- `predict_image`: float32 reflectance `images` [N,H,W,3] -> the Transform's normalisation,
+  baked in as constants -> model; for clients that hold pixels rather than tf.Examples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from components import metrics as metrics_lib
+from components.config import TrainConfig, TrainerConfig
+from components.transform_lib import (
+    IMAGE_XF,
+    MASK_XF,
+    PAIR_ID_XF,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    RAW_INPUT_KEYS,
+    SERVING_INPUT_KEYS,
+    normalize,
+)
+from components.unet import OUTPUT_NAME, build_unet
+from schemas import features
+
+# Signature and tensor names of the exported model.
+SERVING_DEFAULT = "serving_default"
+TRANSFORM_FEATURES = "transform_features"
+PREDICT_IMAGE = "predict_image"
+EXAMPLES_INPUT = "examples"
+IMAGES_INPUT = "images"
+PROBABILITIES = OUTPUT_NAME
+
+# What run_fn writes into fn_args.model_run_dir (besides TensorBoard logs).
+FIGURES_DIR = "figures"
+HISTORY_FILE = "history.json"
+CONFIG_FILE = "trainer_config.json"
+CURVES_FILE = "training_curves.png"
+CURVE_METRICS = ("loss", "pixel_accuracy", "iou")
+
+# Display: files hold B2,B3,B4 (blue, green, red); RGB wants them reversed.
+DISPLAY_BANDS = (2, 1, 0)
+STRETCH_PERCENTILES = (2.0, 98.0)
+FIGURE_DPI = 100
+PANEL_INCHES = 4.0
+
+TFRECORD_COMPRESSION = "GZIP"  # what TFX Transform writes
+SEED_PARTS = 4  # crop, left-right flip, up-down flip, rotation
+
+
+def _list_files(patterns: Sequence[str]) -> list[str]:
+    """Expand TFX file patterns (`.../Split-train/*`); an empty split is a wiring error."""
+    files = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)})
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {list(patterns)}")
+    return files
+
+
+def _records(patterns: Sequence[str]) -> tf.data.Dataset:
+    return tf.data.TFRecordDataset(_list_files(patterns), compression_type=TFRECORD_COMPRESSION)
+
+
+def augment(
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: TrainConfig
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Same random crop / flips / 90-degree rotation for an image [H,W,C] and its mask.
+
+    Stateless ops keyed by `seed` ([2] ints) keep runs reproducible.
+    """
+    channels = image.shape[-1]
+    stacked = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)
+    seeds = tf.random.experimental.stateless_split(seed, num=SEED_PARTS)
+    if config.crop_size is not None:
+        size = config.crop_size
+        stacked = tf.image.stateless_random_crop(stacked, [size, size, channels + 1], seeds[0])
+    if config.augment_flip:
+        stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[1])
+        stacked = tf.image.stateless_random_flip_up_down(stacked, seeds[2])
+    if config.augment_rot90:
+        quarter_turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
+        stacked = tf.image.rot90(stacked, quarter_turns)
+    return stacked[..., :channels], stacked[..., channels:]
+
+
+def make_dataset(
+    patterns: Sequence[str],
+    feature_spec: dict[str, Any],
+    config: TrainConfig,
+    training: bool,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """(image_xf, mask_xf) batches from transformed gzip TFRecords; augmented if training."""
+    spec = {key: feature_spec[key] for key in (IMAGE_XF, MASK_XF)}
+
+    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        parsed = tf.io.parse_single_example(record, spec)
+        return parsed[IMAGE_XF], parsed[MASK_XF]
+
+    dataset = _records(patterns).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed)
+        seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip((dataset, seeds.batch(2))).map(
+            lambda pair, seed: augment(pair[0], pair[1], seed, config),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def read_normalization(
+    patterns: Sequence[str], feature_spec: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Transform's per-band mean and std (constant across examples, so read one)."""
+    spec = {key: feature_spec[key] for key in (PIXEL_MEAN, PIXEL_STD)}
+    for record in _records(patterns).take(1):
+        parsed = tf.io.parse_single_example(record, spec)
+        return parsed[PIXEL_MEAN].numpy(), parsed[PIXEL_STD].numpy()
+    raise ValueError(f"no records in {list(patterns)}")
+
+
+def _check_sizes(feature_spec: dict[str, Any], config: TrainerConfig) -> int:
+    """Fail before training if the tile or crop cannot pass through the U-Net."""
+    tile = int(feature_spec[IMAGE_XF].shape[0])
+    multiple = config.model.size_multiple
+    if tile % multiple:
+        raise ValueError(f"tile size {tile} is not a multiple of 2**depth = {multiple}")
+    crop = config.train.crop_size
+    if crop is not None and crop > tile:
+        raise ValueError(f"crop_size {crop} is larger than the tile size {tile}")
+    return tile
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """Write via tf.io.gfile so model_run_dir may be a GCS/S3 URI as well as a local path."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(data)
+
+
+def _save_figure(figure: Any, path: str) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    _write_bytes(path, buffer.getvalue())
+
+
+def plot_history(history: dict[str, list[float]], path: str) -> None:
+    """Loss, pixel accuracy and IoU per epoch, train vs validation, as one PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state (Agg output)
+    from matplotlib.ticker import MaxNLocator
+
+    names = [name for name in CURVE_METRICS if name in history]
+    figure = Figure(figsize=(PANEL_INCHES * len(names), PANEL_INCHES * 0.75))
+    for index, name in enumerate(names):
+        axes = figure.add_subplot(1, len(names), index + 1)
+        epochs = np.arange(1, len(history[name]) + 1)
+        axes.plot(epochs, history[name], marker="o", label="train")
+        if f"val_{name}" in history:
+            axes.plot(epochs, history[f"val_{name}"], marker="o", label="validation")
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(name)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    _save_figure(figure, path)
+
+
+def to_display_rgb(reflectance: np.ndarray) -> np.ndarray:
+    """[H,W,3] in file order B2,B3,B4 -> percentile-stretched RGB (B4,B3,B2) in [0,1]."""
+    rgb = reflectance[..., list(DISPLAY_BANDS)].astype(np.float64)
+    low, high = np.percentile(rgb.reshape(-1, 3), STRETCH_PERCENTILES, axis=0)
+    return np.clip((rgb - low) / np.maximum(high - low, np.finfo(np.float32).eps), 0.0, 1.0)
+
+
+def _example_iou(truth: np.ndarray, predicted: np.ndarray) -> float:
+    union = np.logical_or(truth, predicted).sum()
+    return float(np.logical_and(truth, predicted).sum() / union) if union else 1.0
+
+
+def plot_predictions(
+    model: keras.Model,
+    patterns: Sequence[str],
+    feature_spec: dict[str, Any],
+    out_dir: str,
+    max_figures: int,
+    batch_size: int,
+) -> list[str]:
+    """One PNG per eval example, as in the study: RGB | ground truth | prediction."""
+    from matplotlib.figure import Figure
+
+    if max_figures == 0:
+        return []
+    keys = (IMAGE_XF, MASK_XF, PIXEL_MEAN, PIXEL_STD, PAIR_ID_XF)
+    spec = {key: feature_spec[key] for key in keys if key in feature_spec}
+    dataset = (
+        _records(patterns)
+        .take(max_figures)
+        .batch(batch_size)
+        .map(lambda records: tf.io.parse_example(records, spec))
+    )
+    paths = []
+    for batch in dataset:
+        probabilities = model.predict_on_batch(batch[IMAGE_XF])
+        reflectance = (
+            batch[IMAGE_XF].numpy() * batch[PIXEL_STD].numpy()[:, None, None, :]
+            + batch[PIXEL_MEAN].numpy()[:, None, None, :]
+        )
+        for i in range(reflectance.shape[0]):
+            pair_id = (
+                batch[PAIR_ID_XF][i].numpy().decode() if PAIR_ID_XF in batch else f"{len(paths)}"
+            )
+            truth = batch[MASK_XF][i, ..., 0].numpy() > metrics_lib.THRESHOLD
+            predicted = probabilities[i, ..., 0] > metrics_lib.THRESHOLD
+            figure = Figure(figsize=(3 * PANEL_INCHES, PANEL_INCHES))
+            panels = (
+                (to_display_rgb(reflectance[i]), "RGB (B4, B3, B2)"),
+                (truth, "ground truth"),
+                (predicted, f"prediction (IoU {_example_iou(truth, predicted):.2f})"),
+            )
+            for index, (picture, title) in enumerate(panels):
+                axes = figure.add_subplot(1, 3, index + 1)
+                axes.imshow(picture, cmap=None if picture.ndim == 3 else "gray", vmin=0, vmax=1)
+                axes.set_title(title)
+                axes.axis("off")
+            figure.suptitle(pair_id)
+            safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", pair_id)
+            path = os.path.join(out_dir, f"{safe_name}.png")
+            _save_figure(figure, path)
+            paths.append(path)
+    return paths
+
+
+def export_serving_model(
+    model: keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    pixel_mean: np.ndarray,
+    pixel_std: np.ndarray,
+    serving_model_dir: str,
+) -> None:
+    """Save the model with `serving_default`, `transform_features` and `predict_image`."""
+    # TFX convention: attaching the layer to the model tracks the transform graph's assets.
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    # Requests need only the image (labels and metadata are optional, extra ones ignored).
+    serving_spec = {key: raw_spec[key] for key in SERVING_INPUT_KEYS}
+    eval_spec = {key: raw_spec[key] for key in RAW_INPUT_KEYS if key in raw_spec}
+    mean = tf.constant(pixel_mean, tf.float32)
+    std = tf.constant(pixel_std, tf.float32)
+    examples_signature = [tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)]
+
+    @tf.function(input_signature=examples_signature)
+    def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        transformed = model.tft_layer(tf.io.parse_example(examples, serving_spec))
+        return {PROBABILITIES: model(transformed[IMAGE_XF], training=False)}
+
+    @tf.function(input_signature=examples_signature)
+    def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model.tft_layer(tf.io.parse_example(examples, eval_spec))
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, features.EXPECTED_BANDS], tf.float32, IMAGES_INPUT)
+        ]
+    )
+    def predict_image(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {PROBABILITIES: model(normalize(images, mean, std), training=False)}
+
+    signatures = {
+        SERVING_DEFAULT: serve_examples,
+        TRANSFORM_FEATURES: transform_features,
+        PREDICT_IMAGE: predict_image,
+    }
+    model.save(serving_model_dir, save_format="tf", signatures=signatures)
+
+
+def run_fn(fn_args: Any) -> None:
+    """Train and export; `fn_args` is TFX's `FnArgs` (custom_config from components.config).
+
+    Steps per epoch come from `TrainConfig.steps_per_epoch`, else `TrainArgs.num_steps`
+    (`fn_args.train_steps`), else one full pass over the train split; likewise for eval.
+    """
+    config = TrainerConfig.from_custom_config(fn_args.custom_config)
+    train_config = config.train
+    keras.utils.set_random_seed(train_config.seed)
+
+    tf_transform_output = tft.TFTransformOutput(
+        fn_args.transform_graph_path or fn_args.transform_output
+    )
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    _check_sizes(feature_spec, config)
+
+    steps_per_epoch = train_config.steps_per_epoch or fn_args.train_steps
+    validation_steps = train_config.validation_steps or fn_args.eval_steps
+    train_dataset = make_dataset(
+        fn_args.train_files, feature_spec, train_config, training=True, repeat=bool(steps_per_epoch)
+    )
+    eval_dataset = make_dataset(
+        fn_args.eval_files,
+        feature_spec,
+        train_config,
+        training=False,
+        repeat=bool(validation_steps),
+    )
+
+    model = build_unet(config.model)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=train_config.learning_rate),
+        loss=metrics_lib.get_loss(config.model.loss),
+        metrics=metrics_lib.training_metrics(),
+    )
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=train_config.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+    ]
+    history = model.fit(
+        train_dataset,
+        validation_data=eval_dataset,
+        epochs=train_config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        callbacks=callbacks,
+        verbose=2,
+    )
+
+    run_dir = fn_args.model_run_dir
+    curves = {name: [float(v) for v in values] for name, values in history.history.items()}
+    _write_bytes(os.path.join(run_dir, HISTORY_FILE), json.dumps(curves, indent=2).encode())
+    config_json = json.dumps(config.to_custom_config(), indent=2).encode()
+    _write_bytes(os.path.join(run_dir, CONFIG_FILE), config_json)
+    plot_history(curves, os.path.join(run_dir, CURVES_FILE))
+    plot_predictions(
+        model,
+        fn_args.eval_files,
+        feature_spec,
+        os.path.join(run_dir, FIGURES_DIR),
+        max_figures=train_config.max_figures,
+        batch_size=train_config.batch_size,
+    )
+
+    pixel_mean, pixel_std = read_normalization(fn_args.train_files, feature_spec)
+    export_serving_model(
+        model, tf_transform_output, pixel_mean, pixel_std, fn_args.serving_model_dir
+    )

@@ -1,0 +1,279 @@
+"""Run the pipeline with TFX's LocalDagRunner and summarise the run from ML Metadata.
+
+The terminal gets one line per component (start, end, duration, cached or not) and a summary;
+the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it does not bury them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import metadata
+from pipeline.config import PipelineConfig
+
+# Exit codes of `tailings run` (documented in the README).
+EXIT_BLESSED = 0
+EXIT_ERROR = 1
+EXIT_NOT_BLESSED = 3
+EXIT_ANOMALIES = 4
+
+
+@dataclass
+class RunSummary:
+    run_id: str | None
+    seconds: float
+    converted: int | None = None
+    rejected: list[dict] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    blessed: bool | None = None
+    pushed_version: str | None = None
+    pushed_path: str | None = None
+    reused_version: bool = False
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.anomalies:
+            return EXIT_ANOMALIES
+        if self.error:
+            return EXIT_ERROR
+        return EXIT_BLESSED if self.blessed else EXIT_NOT_BLESSED
+
+    def lines(self) -> list[str]:
+        out = [f"run {self.run_id}: {self.seconds:.0f} s"]
+        if self.converted is not None:
+            out.append(f"pairs: {self.converted} converted, {len(self.rejected)} rejected")
+            out += [f"  rejected {r['id']}: {r['reason']} ({r['detail']})" for r in self.rejected]
+        if self.anomalies:
+            out.append(f"anomalies: {len(self.anomalies)} (run stopped before Transform)")
+            out += [f"  {a}" for a in self.anomalies]
+        elif self.converted is not None:
+            out.append("anomalies: none")
+        if self.metrics:
+            out.append("evaluation (eval split):")
+            for name, value in sorted(self.metrics.items()):
+                bound = self.thresholds.get(name)
+                note = f"  (threshold >= {bound:g})" if bound is not None else ""
+                out.append(f"  {name:<28} {value:.4f}{note}")
+        out += [f"  missed: {f}" for f in self.failures]
+        if self.blessed is not None:
+            out.append("BLESSED" if self.blessed else "NOT BLESSED: nothing pushed")
+        if self.pushed_path:
+            how = "already serving, not pushed again" if self.reused_version else "pushed"
+            out.append(f"model {how}: version {self.pushed_version} at {self.pushed_path}")
+        if self.error:
+            out.append(f"error: {self.error}")
+        return out
+
+
+class _ComponentProgress(logging.Handler):
+    """Turn LocalDagRunner's log lines into one terminal line per component."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._say = say
+        self._started: dict[str, float] = {}
+        self._cached: set[str] = set()
+        self._current: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg, args = record.msg, record.args or ()
+        if msg == "Component %s is running." and args:
+            self._current = str(args[0])
+            self._started[self._current] = time.monotonic()
+            self._say(f"> {self._current} ...")
+        elif msg == "A cached execution %d is used." and self._current:
+            self._cached.add(self._current)
+        elif msg == "Component %s is finished." and args:
+            node = str(args[0])
+            took = time.monotonic() - self._started.get(node, time.monotonic())
+            cached = " (cached)" if node in self._cached else ""
+            self._say(f"< {node} done in {took:.1f} s{cached}")
+
+
+def _route_logs(cfg: PipelineConfig, say: Callable[[str], None]) -> tuple[Path, list]:
+    log_dir = cfg.output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    progress = _ComponentProgress(say)
+    root = logging.getLogger()
+    absl_logger = logging.getLogger("absl")
+    saved = [
+        (root, list(root.handlers), root.level),
+        (absl_logger, list(absl_logger.handlers), absl_logger.level),
+    ]
+    root.handlers = [file_handler]
+    root.setLevel(logging.INFO)
+    absl_logger.handlers = [progress]
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.propagate = True
+    return log_file, saved
+
+
+def _restore_logs(saved) -> None:
+    for logger, handlers, level in saved:
+        logger.handlers = handlers
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _fds_to(log_file: Path):
+    """Point fds 1 and 2 at the log; `say` keeps writing to a copy of the terminal's stderr."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def terminal_writer() -> Callable[[str], None]:
+    """A `say` that reaches the terminal even while fds 1 and 2 point at the log."""
+    stream = os.fdopen(os.dup(2), "w", buffering=1)
+
+    def say(message: str) -> None:
+        stream.write(message + "\n")
+
+    return say
+
+
+def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) -> RunSummary:
+    """Build and run the pipeline; whatever happens, summarise what ML Metadata recorded."""
+    say = say or terminal_writer()
+    from tfx import v1 as tfx
+
+    from components.validation_gate import AnomaliesFound
+    from pipeline.pipeline import create_pipeline
+
+    if not (cfg.data_dir / "img").is_dir() or not (cfg.data_dir / "mask").is_dir():
+        raise FileNotFoundError(
+            f"{cfg.data_dir} must hold img/ and mask/ folders (try `tailings fetch-data`)"
+        )
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    log_file, saved = _route_logs(cfg, say)
+    say(f"logs: {log_file}")
+    error = None
+    try:
+        # TFX, Beam, TensorFlow and the pip install of the module files print to stdout/stderr,
+        # also from subprocesses and C++: send the file descriptors themselves to the log.
+        with _fds_to(log_file):
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(cfg))
+    except AnomaliesFound:
+        pass  # the summary lists them from the ExampleValidator's artifact
+    except Exception as err:  # noqa: BLE001 - any component failure ends the run; report it
+        logging.getLogger(__name__).exception("pipeline failed")
+        error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+        error += f" (full log: {log_file})"
+    finally:
+        _restore_logs(saved)
+    summary = summarize_run(cfg, time.monotonic() - start)
+    if error and not summary.anomalies:
+        summary.error = error
+    return summary
+
+
+def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None) -> RunSummary:
+    """Read one run's outcome from ML Metadata and the artifacts it points to."""
+    from components.validation_gate import list_anomalies
+
+    store = metadata.open_store(str(cfg.metadata_path))
+    run = metadata.load_run(store, run_id)
+    if run is None:
+        return RunSummary(run_id=None, seconds=seconds, error="no run recorded")
+    s = RunSummary(run_id=run.run_id, seconds=seconds)
+    report = run.artifact("ExampleGen", "conversion_report")
+    if report is not None:
+        s.converted = metadata.custom(report, "converted")
+        rejected = os.path.join(report.uri, "rejected.jsonl")
+        if os.path.exists(rejected):
+            s.rejected = [json.loads(x) for x in open(rejected).read().splitlines() if x]
+    anomalies = run.artifact("ExampleValidator", "anomalies")
+    if anomalies is not None:
+        splits = json.loads(metadata.custom(anomalies, "split_names") or "[]") or [
+            "train",
+            "eval",
+        ]
+        s.anomalies = [str(a) for a in list_anomalies(anomalies.uri, splits)]
+    evaluation = run.artifact("Evaluator", "evaluation")
+    if evaluation is not None:
+        s.metrics, s.failures = _evaluation(evaluation.uri)
+        s.thresholds = {
+            "pixel_accuracy": cfg.thresholds.min_pixel_accuracy,
+            "iou": cfg.thresholds.min_iou,
+        }
+    blessing = run.artifact("Evaluator", "blessing")
+    if blessing is not None:
+        s.blessed = bool(metadata.custom(blessing, "blessed"))
+    pushed = run.artifact("Pusher", "pushed_model")
+    if pushed is not None and metadata.custom(pushed, "pushed"):
+        s.pushed_version = metadata.custom(pushed, "pushed_version")
+        s.pushed_path = metadata.custom(pushed, "pushed_destination")
+        s.reused_version = bool(metadata.custom(pushed, "reused_version"))
+    return s
+
+
+def _bound(threshold) -> str:
+    """Human form of a TFMA MetricThreshold."""
+    if threshold.HasField("value_threshold"):
+        vt = threshold.value_threshold
+        parts = []
+        if vt.HasField("lower_bound"):
+            parts.append(f">= {vt.lower_bound.value:g}")
+        if vt.HasField("upper_bound"):
+            parts.append(f"<= {vt.upper_bound.value:g}")
+        return " and ".join(parts)
+    ct = threshold.change_threshold
+    return f"change >= {ct.absolute.value:g} (no regression)"
+
+
+def _evaluation(uri: str) -> tuple[dict[str, float], list[str]]:
+    """Overall metrics of the candidate model, and each threshold it missed."""
+    import tensorflow_model_analysis as tfma
+
+    values: dict[str, float] = {}
+    for sliced in tfma.load_metrics(uri):
+        if sliced.slice_key.single_slice_keys:
+            continue  # overall slice only
+        for keys_and_values in sliced.metric_keys_and_values:
+            key = keys_and_values.key
+            if key.model_name not in ("", "candidate") or key.is_diff:
+                continue
+            value = keys_and_values.value
+            if value.HasField("double_value"):
+                values[key.name] = value.double_value.value
+    failures = []
+    validation = tfma.load_validation_result(uri)
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            key = failure.metric_key
+            label = key.name + (" change vs. last blessed model" if key.is_diff else "")
+            value = failure.metric_value.double_value.value
+            bound = _bound(failure.metric_threshold)
+            failures.append(
+                f"{label} = {value:.4f}, needs {bound}"
+                + (f" ({failure.message})" if failure.message else "")
+            )
+    return values, failures

@@ -1,0 +1,75 @@
+"""Configs must survive the JSON trip through TFX custom_config and reject bad values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.config import (
+    PRESETS,
+    ModelConfig,
+    TrainConfig,
+    TrainerConfig,
+    TransformConfig,
+    preset,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_json(name: str) -> None:
+    config = PRESETS[name]
+    custom_config = json.loads(json.dumps(config.to_custom_config()))
+    assert TrainerConfig.from_custom_config(custom_config) == config
+
+
+def test_transform_config_round_trips_and_defaults() -> None:
+    config = TransformConfig(tile_size=64)
+    custom_config = json.loads(json.dumps(config.to_custom_config()))
+    assert TransformConfig.from_custom_config(custom_config) == config
+    assert TransformConfig.from_custom_config(None) == TransformConfig()
+    assert TransformConfig().tile_size == 448
+
+
+def test_missing_custom_config_means_cpu_preset() -> None:
+    assert TrainerConfig.from_custom_config(None) == PRESETS["cpu"] == preset()
+
+
+def test_partial_dicts_fill_in_defaults() -> None:
+    config = TrainerConfig.from_custom_config({"model": {"depth": 2}, "train": {"epochs": 1}})
+    assert config.model == ModelConfig(depth=2)
+    assert config.train == TrainConfig(epochs=1)
+
+
+def test_study_preset_is_the_original_network() -> None:
+    study = preset("study")
+    assert study.model.widths()[:4] == [64, 128, 256, 512]
+    assert study.model.depth == 4
+    assert study.model.batch_norm
+    assert study.model.loss == "bce"
+    assert (study.train.learning_rate, study.train.batch_size, study.train.epochs) == (1e-3, 6, 5)
+
+
+def test_cpu_preset_is_small() -> None:
+    cpu = preset("cpu")
+    assert cpu.model.base_width == 16
+    assert cpu.train.crop_size is None or cpu.train.crop_size % cpu.model.size_multiple == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ModelConfig(loss="dice"),
+        lambda: ModelConfig(depth=0),
+        lambda: ModelConfig(dropout=1.0),
+        lambda: TrainConfig(epochs=0),
+        lambda: TrainConfig(learning_rate=0.0),
+        lambda: TransformConfig(tile_size=0),
+        lambda: TrainerConfig(model=ModelConfig(depth=3), train=TrainConfig(crop_size=100)),
+        lambda: ModelConfig.from_dict({"depht": 3}),
+        lambda: preset("gpu"),
+    ],
+)
+def test_bad_values_are_rejected(make) -> None:
+    with pytest.raises(ValueError):
+        make()

@@ -1,0 +1,190 @@
+"""run_fn on a real TFT output: training artefacts, and three signatures that agree."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from components import metrics as M
+from components import trainer_lib as TL
+from components.config import ModelConfig, TrainConfig, TrainerConfig
+from components.transform_lib import IMAGE_XF, MASK_XF
+from schemas import features as F
+from tests.components import synthetic
+
+EPOCHS = 2
+TINY = TrainerConfig(
+    model=ModelConfig(depth=2, base_width=4),
+    train=TrainConfig(epochs=EPOCHS, batch_size=4, crop_size=16, max_figures=2),
+)
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, transform_run) -> FnArgs:
+    out = tmp_path_factory.mktemp("trainer")
+    fn_args = FnArgs(
+        train_files=[transform_run.transformed_files[synthetic.TRAIN]],
+        eval_files=[transform_run.transformed_files[synthetic.EVAL]],
+        transform_graph_path=transform_run.transform_output,
+        transform_output=transform_run.transform_output,
+        serving_model_dir=str(out / "serving_model"),
+        model_run_dir=str(out / "model_run"),
+        custom_config=json.loads(json.dumps(TINY.to_custom_config())),  # as TFX delivers it
+    )
+    TL.run_fn(fn_args)
+    return fn_args
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    return tf.saved_model.load(trained.serving_model_dir)
+
+
+@pytest.fixture(scope="module")
+def eval_batch(raw_splits, transform_config) -> tuple[tf.Tensor, np.ndarray, np.ndarray]:
+    instances = raw_splits[synthetic.EVAL]
+    tile = transform_config.tile_size
+    examples = tf.constant([synthetic.serialize(i) for i in instances])
+    images = np.stack(
+        [np.frombuffer(i[F.IMAGE], F.IMAGE_DTYPE).reshape(tile, tile, 3) for i in instances]
+    )
+    masks = np.stack(
+        [np.frombuffer(i[F.MASK], F.MASK_DTYPE).reshape(tile, tile, 1) for i in instances]
+    )
+    return examples, images, masks
+
+
+def test_run_dir_has_history_curves_and_figures(trained) -> None:
+    run_dir = Path(trained.model_run_dir)
+    history = json.loads((run_dir / TL.HISTORY_FILE).read_text())
+    for name in ("loss", M.PIXEL_ACCURACY, M.IOU, M.F1, M.AUC):
+        assert len(history[name]) == len(history[f"val_{name}"]) == EPOCHS
+    assert (run_dir / TL.CURVES_FILE).stat().st_size > 0
+    figures = sorted(os.listdir(run_dir / TL.FIGURES_DIR))
+    assert len(figures) == TINY.train.max_figures
+    assert all(name.endswith(".png") for name in figures)
+    saved_config = json.loads((run_dir / TL.CONFIG_FILE).read_text())
+    assert TrainerConfig.from_custom_config(saved_config) == TINY
+    assert any(name.startswith("events.out") for _, _, files in os.walk(run_dir) for name in files)
+
+
+def test_signatures_agree_on_the_same_image(served, eval_batch, transform_config) -> None:
+    examples, images, _ = eval_batch
+    assert set(served.signatures) == {TL.SERVING_DEFAULT, TL.TRANSFORM_FEATURES, TL.PREDICT_IMAGE}
+    from_examples = served.signatures[TL.SERVING_DEFAULT](**{TL.EXAMPLES_INPUT: examples})
+    from_pixels = served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.constant(images)})
+    a, b = from_examples[TL.PROBABILITIES].numpy(), from_pixels[TL.PROBABILITIES].numpy()
+    tile = transform_config.tile_size
+    assert a.shape == b.shape == (len(images), tile, tile, 1)
+    assert np.all((a >= 0) & (a <= 1))
+    np.testing.assert_allclose(a, b, atol=ATOL)
+
+
+def test_serving_needs_only_the_image(served, eval_batch, raw_splits) -> None:
+    examples, _, _ = eval_batch
+    image_only = [{F.IMAGE: i[F.IMAGE]} for i in raw_splits[synthetic.EVAL]]
+    minimal = tf.constant([synthetic.serialize(i) for i in image_only])
+    serve = served.signatures[TL.SERVING_DEFAULT]
+    full = serve(**{TL.EXAMPLES_INPUT: examples})[TL.PROBABILITIES].numpy()
+    bare = serve(**{TL.EXAMPLES_INPUT: minimal})[TL.PROBABILITIES].numpy()
+    np.testing.assert_allclose(full, bare, atol=ATOL)
+
+
+def test_transform_features_feeds_tfma_the_label(served, eval_batch) -> None:
+    examples, images, masks = eval_batch
+    transformed = served.signatures[TL.TRANSFORM_FEATURES](**{TL.EXAMPLES_INPUT: examples})
+    np.testing.assert_array_equal(transformed[MASK_XF].numpy(), masks.astype(np.float32))
+    assert transformed[IMAGE_XF].shape == images.shape
+    from_pixels = served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.constant(images)})
+    probabilities = served.signatures[TL.SERVING_DEFAULT](**{TL.EXAMPLES_INPUT: examples})
+    np.testing.assert_allclose(
+        from_pixels[TL.PROBABILITIES].numpy(), probabilities[TL.PROBABILITIES].numpy(), atol=ATOL
+    )
+
+
+def test_predict_image_takes_other_sizes(served, eval_batch) -> None:
+    _, images, _ = eval_batch
+    bigger = np.tile(images[:1], (1, 2, 3, 1))  # 64 x 96, both multiples of 2**depth
+    out = served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.constant(bigger)})
+    assert out[TL.PROBABILITIES].shape == (1, 64, 96, 1)
+
+
+def test_tfma_matches_keras_metrics(trained, served, eval_batch, tmp_path) -> None:
+    """The TFMA wiring the pipeline uses: transform_features for the label, our metrics."""
+    import tensorflow_model_analysis as tfma
+
+    examples, _, _ = eval_batch
+    data = str(tmp_path / "eval.tfrecord")
+    with tf.io.TFRecordWriter(data) as writer:
+        for example in examples.numpy():
+            writer.write(example)
+    eval_config = tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name=TL.SERVING_DEFAULT,
+                preprocessing_function_names=[TL.TRANSFORM_FEATURES],
+                label_key=MASK_XF,
+            )
+        ],
+        metrics_specs=[tfma.MetricsSpec(metrics=M.tfma_metric_configs())],
+        slicing_specs=[tfma.SlicingSpec()],
+    )
+    model = tfma.default_eval_shared_model(
+        eval_saved_model_path=trained.serving_model_dir, eval_config=eval_config
+    )
+    result = tfma.run_model_analysis(
+        eval_shared_model=model,
+        eval_config=eval_config,
+        data_location=data,
+        output_path=str(tmp_path / "tfma"),
+    )
+    ((_, by_name),) = result.slicing_metrics
+    values = {name: v["doubleValue"] for name, v in by_name[""][""].items()}
+    assert values["example_count"] == len(examples.numpy())
+
+    probabilities = served.signatures[TL.SERVING_DEFAULT](**{TL.EXAMPLES_INPUT: examples})
+    labels = served.signatures[TL.TRANSFORM_FEATURES](**{TL.EXAMPLES_INPUT: examples})[MASK_XF]
+    for metric_class, name in M.PIXEL_METRICS:
+        metric = metric_class()
+        metric.update_state(labels, probabilities[TL.PROBABILITIES])
+        assert values[name] == pytest.approx(float(metric.result()), rel=1e-5, abs=1e-6), name
+
+
+def test_augment_keeps_image_and_mask_aligned() -> None:
+    rng = np.random.default_rng(0)
+    mask = (rng.random((32, 32, 1)) > 0.5).astype(np.float32)
+    image = np.concatenate([mask, 2 * mask, 3 * mask], axis=-1)  # the mask, drawn into pixels
+    config = TrainConfig(crop_size=16)
+    for seed in range(8):
+        out_image, out_mask = TL.augment(
+            tf.constant(image), tf.constant(mask), tf.constant([seed, 7]), config
+        )
+        assert out_image.shape == (16, 16, 3) and out_mask.shape == (16, 16, 1)
+        np.testing.assert_array_equal(out_image.numpy()[..., :1], out_mask.numpy())
+        np.testing.assert_array_equal(out_image.numpy()[..., 2:] / 3, out_mask.numpy())
+
+
+def test_augment_off_is_identity() -> None:
+    image = np.random.rand(8, 8, 3).astype(np.float32)
+    mask = (image[..., :1] > 0.5).astype(np.float32)
+    config = TrainConfig(augment_flip=False, augment_rot90=False, crop_size=None)
+    out_image, out_mask = TL.augment(
+        tf.constant(image), tf.constant(mask), tf.constant([1, 2]), config
+    )
+    np.testing.assert_array_equal(out_image.numpy(), image)
+    np.testing.assert_array_equal(out_mask.numpy(), mask)
+
+
+def test_display_rgb_reverses_band_order() -> None:
+    reflectance = np.zeros((4, 4, 3), np.float32)
+    reflectance[..., 2] = np.linspace(0, 1, 16).reshape(4, 4)  # B4 (red) varies, rest constant
+    rgb = TL.to_display_rgb(reflectance)
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb[..., 0].std() > 0 and rgb[..., 2].std() == 0

@@ -1,0 +1,154 @@
+"""End-to-end: the real TFX pipeline (LocalDagRunner, SQLite ML Metadata) on tiny synthetic data.
+
+One module-scoped run is shared by the checks; later runs reuse its output folder, so TFX's
+cache makes them cheap and exercises caching itself.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import trainer_lib
+from components.config import ModelConfig, TrainConfig, TrainerConfig, TransformConfig
+from data.examples import to_example
+from data.pairs import PairSpec, load_pair
+from pipeline import metadata
+from pipeline.config import PipelineConfig, Thresholds
+from pipeline.runner import EXIT_ANOMALIES, EXIT_BLESSED, EXIT_NOT_BLESSED, run_pipeline
+from pipeline.runs import list_runs
+from tests.fixtures.geotiffs import make_pair, make_pairs, scene
+
+pytestmark = pytest.mark.slow
+
+TILE = 64
+TINY = TrainerConfig(
+    model=ModelConfig(depth=2, base_width=8),
+    train=TrainConfig(epochs=4, batch_size=4, max_figures=2),
+)
+
+
+def config(root: Path, data: Path, **thresholds) -> PipelineConfig:
+    return PipelineConfig(
+        data_dir=data,
+        output_dir=root / "outputs",
+        serving_dir=root / "serving",
+        transform=TransformConfig(tile_size=TILE),
+        trainer_override=TINY,
+        thresholds=Thresholds(**{"min_pixel_accuracy": 0.5, "min_iou": 0.0, **thresholds}),
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    make_pairs(root / "data", 14, size=(TILE, TILE))
+    cfg = config(root, root / "data")
+    return cfg, run_pipeline(cfg, say=lambda _m: None)
+
+
+def test_blessed_model_is_pushed_as_version_1(first_run):
+    cfg, summary = first_run
+    assert summary.error is None, summary.error
+    assert summary.exit_code == EXIT_BLESSED and summary.blessed
+    assert summary.converted == 14 and summary.rejected == []
+    assert summary.anomalies == []
+    assert summary.pushed_version == "1"
+    version_dir = cfg.push_dir / "1"
+    assert (version_dir / "saved_model.pb").is_file()
+    assert not [p for p in cfg.push_dir.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_tfma_reports_every_metric(first_run):
+    _, summary = first_run
+    for name in ("pixel_accuracy", "iou", "precision", "recall", "f1", "auc"):
+        assert name in summary.metrics, sorted(summary.metrics)
+        assert 0.0 <= summary.metrics[name] <= 1.0
+
+
+def test_three_signatures_give_the_same_probabilities(first_run, tmp_path):
+    cfg, _ = first_run
+    model = tf.saved_model.load(str(cfg.push_dir / "1"))
+    image_path, mask_path = make_pair(tmp_path / "i", tmp_path / "m", "x", (TILE, TILE), seed=99)
+    pair = load_pair(PairSpec("x", str(image_path), str(mask_path)))
+    serialized = tf.constant([to_example(pair).SerializeToString()])
+
+    by_example = model.signatures[trainer_lib.SERVING_DEFAULT](examples=serialized)
+    by_image = model.signatures[trainer_lib.PREDICT_IMAGE](images=tf.constant(pair.image[None]))
+    transformed = model.signatures[trainer_lib.TRANSFORM_FEATURES](examples=serialized)
+    p1 = next(iter(by_example.values())).numpy()
+    p2 = next(iter(by_image.values())).numpy()
+    assert p1.shape == (1, TILE, TILE, 1)
+    np.testing.assert_allclose(p1, p2, atol=1e-5)
+    assert "mask_xf" in transformed
+
+
+def test_second_run_is_cached_and_pushes_nothing_new(first_run):
+    cfg, first = first_run
+    second = run_pipeline(cfg, say=lambda _m: None)
+    assert second.exit_code == EXIT_BLESSED
+    assert second.pushed_version == "1" and second.reused_version
+    assert sorted(p.name for p in cfg.push_dir.iterdir()) == ["1"]
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), second.run_id)
+    for node in ("ExampleGen", "StatisticsGen", "Transform", "Trainer"):
+        assert run.nodes[node].state == "CACHED", (node, run.nodes[node].state)
+    lines = list_runs(cfg)
+    assert first.run_id in "\n".join(lines) and second.run_id in "\n".join(lines)
+
+
+def test_unreachable_threshold_pushes_nothing(first_run):
+    cfg, _ = first_run
+    strict = config(cfg.output_dir.parent, cfg.data_dir, min_iou=0.999)
+    summary = run_pipeline(strict, say=lambda _m: None)
+    assert summary.exit_code == EXIT_NOT_BLESSED and summary.blessed is False
+    assert summary.pushed_version is None
+    assert any(f.startswith("iou") for f in summary.failures), summary.failures
+    assert sorted(p.name for p in cfg.push_dir.iterdir()) == ["1"]
+    assert any("NOT BLESSED" in line for line in summary.lines())
+
+
+def test_raw_digital_numbers_stop_the_run_before_training(tmp_path):
+    data = tmp_path / "data"
+    for i in range(6):
+        image, mask = scene(TILE, TILE, seed=i)
+        make_pair(data / "img", data / "mask", str(i), image=image * 10000, mask=mask)
+    cfg = config(tmp_path, data)
+    summary = run_pipeline(cfg, say=lambda _m: None)
+    assert summary.exit_code == EXIT_ANOMALIES
+    assert any("band_mean" in a or "band_max" in a for a in summary.anomalies), summary.anomalies
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)))
+    assert "Trainer" not in run.nodes and "Transform" not in run.nodes
+    assert not cfg.push_dir.exists()
+
+
+@pytest.mark.realdata
+def test_real_data_smoke_run(real_data, tmp_path):
+    """A few real pairs through the whole pipeline at 448 x 448 with a tiny network."""
+    data = tmp_path / "data"
+    ids = sorted(p.stem[len("img_") :] for p in (real_data / "img").glob("img_*.tif"))[:12]
+    for sub, prefix in (("img", "img_"), ("mask", "mask_")):
+        (data / sub).mkdir(parents=True)
+        for pair_id in ids:
+            shutil.copy(real_data / sub / f"{prefix}{pair_id}.tif", data / sub)
+    cfg = PipelineConfig(
+        data_dir=data,
+        output_dir=tmp_path / "outputs",
+        serving_dir=tmp_path / "serving",
+        trainer_override=TrainerConfig(
+            model=ModelConfig(depth=4, base_width=4), train=TrainConfig(epochs=1, batch_size=2)
+        ),
+        thresholds=Thresholds(min_pixel_accuracy=0.0, min_iou=0.0),
+    )
+    summary = run_pipeline(cfg, say=lambda _m: None)
+    assert summary.error is None, summary.error
+    assert summary.anomalies == []
+    assert {"pixel_accuracy", "iou", "f1"} <= set(summary.metrics)
+    report = json.loads(
+        next(
+            (cfg.pipeline_root / "ExampleGen" / "conversion_report").glob("*/summary.json")
+        ).read_text()
+    )
+    assert report["converted"] == len(ids) - ("23" in ids)
