@@ -1,37 +1,20 @@
 """`tailings`: one verb per job. Heavy libraries are imported inside each verb, so `--help` is fast.
 
-Exit codes: 0 success; 1 the job ran into bad input or produced nothing; 2 usage errors (argparse).
+Exit codes: 0 success; 1 the job ran into bad input or produced nothing; 2 usage errors (argparse);
+`tailings run` adds 3 (not blessed) and 4 (data anomalies).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# TFX/TFMA 1.16 need Keras-2 SavedModels; must be set before anything imports TensorFlow.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Google client libraries warn about Python 3.10 on import; TFX 1.16 cannot run on newer Python.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
+from tailings.common import EXIT_FAILED, EXIT_OK, CliError, say
 
 DEFAULT_DATA = Path("data/brazil-tailings")
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line to stderr, exit code EXIT_FAILED."""
-
-
-def say(message: str) -> None:
-    """Progress and results go to stderr, so stdout stays clean for piping."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:

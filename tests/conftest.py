@@ -24,3 +24,20 @@ def real_data() -> Path:
             "set TAILINGS_REAL_DATA or run `tailings fetch-data`"
         )
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """One real pipeline run on 14 synthetic 64x64 pairs with a tiny U-Net, shared by all tests.
+
+    Returns (PipelineConfig, RunSummary); the blessed model is pushed to `cfg.push_dir / "1"`.
+    Tests that run the pipeline again in the same folders must not delete that version.
+    """
+    from pipeline.runner import run_pipeline
+    from tests.fixtures.geotiffs import make_pairs
+    from tests.fixtures.pipeline import TILE, tiny_config
+
+    root = tmp_path_factory.mktemp("pipeline-run")
+    make_pairs(root / "data", 14, size=(TILE, TILE))
+    cfg = tiny_config(root, root / "data")
+    return cfg, run_pipeline(cfg, say=lambda _m: None)

@@ -6,48 +6,28 @@ cache makes them cheap and exercises caching itself.
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from components import trainer_lib
-from components.config import ModelConfig, TrainConfig, TrainerConfig, TransformConfig
+from components.config import ModelConfig, TrainConfig, TrainerConfig
 from data.examples import to_example
 from data.pairs import PairSpec, load_pair
 from pipeline import metadata
 from pipeline.config import PipelineConfig, Thresholds
 from pipeline.runner import EXIT_ANOMALIES, EXIT_BLESSED, EXIT_NOT_BLESSED, run_pipeline
 from pipeline.runs import list_runs
-from tests.fixtures.geotiffs import make_pair, make_pairs, scene
+from tests.fixtures.geotiffs import make_pair, scene
+from tests.fixtures.pipeline import TILE, tiny_config
 
 pytestmark = pytest.mark.slow
 
-TILE = 64
-TINY = TrainerConfig(
-    model=ModelConfig(depth=2, base_width=8),
-    train=TrainConfig(epochs=4, batch_size=4, max_figures=2),
-)
-
-
-def config(root: Path, data: Path, **thresholds) -> PipelineConfig:
-    return PipelineConfig(
-        data_dir=data,
-        output_dir=root / "outputs",
-        serving_dir=root / "serving",
-        transform=TransformConfig(tile_size=TILE),
-        trainer_override=TINY,
-        thresholds=Thresholds(**{"min_pixel_accuracy": 0.5, "min_iou": 0.0, **thresholds}),
-    )
-
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    make_pairs(root / "data", 14, size=(TILE, TILE))
-    cfg = config(root, root / "data")
-    return cfg, run_pipeline(cfg, say=lambda _m: None)
+def first_run(pipeline_run):
+    return pipeline_run
 
 
 def test_blessed_model_is_pushed_as_version_1(first_run):
@@ -101,7 +81,7 @@ def test_second_run_is_cached_and_pushes_nothing_new(first_run):
 
 def test_unreachable_threshold_pushes_nothing(first_run):
     cfg, _ = first_run
-    strict = config(cfg.output_dir.parent, cfg.data_dir, min_iou=0.999)
+    strict = tiny_config(cfg.output_dir.parent, cfg.data_dir, min_iou=0.999)
     summary = run_pipeline(strict, say=lambda _m: None)
     assert summary.exit_code == EXIT_NOT_BLESSED and summary.blessed is False
     assert summary.pushed_version is None
@@ -115,7 +95,7 @@ def test_raw_digital_numbers_stop_the_run_before_training(tmp_path):
     for i in range(6):
         image, mask = scene(TILE, TILE, seed=i)
         make_pair(data / "img", data / "mask", str(i), image=image * 10000, mask=mask)
-    cfg = config(tmp_path, data)
+    cfg = tiny_config(tmp_path, data)
     summary = run_pipeline(cfg, say=lambda _m: None)
     assert summary.exit_code == EXIT_ANOMALIES
     assert any("band_mean" in a or "band_max" in a for a in summary.anomalies), summary.anomalies
