@@ -203,8 +203,57 @@ def _runs(args: argparse.Namespace, beam_args: list[str]) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- schema
+def _add_schema(sub) -> None:
+    from pipeline.config import PipelineConfig
+    from pipeline.schema_draft import DRAFT_NAME
+    from schemas import SCHEMA_DIR
+
+    p = sub.add_parser(
+        "schema", help="schema tools: infer a draft to review against the curated one"
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    infer = actions.add_parser(
+        "infer",
+        help="write a TFDV-inferred schema draft next to schemas/schema.pbtxt",
+        description="Infer a schema from a run's train statistics (default: the latest run) or "
+        "from a folder of converted TFRecords, and write it for review; the curated schema "
+        "is not touched.",
+    )
+    source = infer.add_mutually_exclusive_group()
+    source.add_argument("--run", default=None, help="run id (default: latest)")
+    source.add_argument("--examples", type=Path, help="folder of *.tfrecord.gz from `convert`")
+    infer.add_argument("--output-dir", type=Path, default=PipelineConfig().output_dir)
+    infer.add_argument(
+        "--out", type=Path, default=SCHEMA_DIR / DRAFT_NAME, help="default: %(default)s"
+    )
+    infer.set_defaults(func=_schema_infer)
+
+
+def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.schema_draft import statistics_from_examples, statistics_from_run, write_draft
+
+    try:
+        if args.examples is not None:
+            stats = statistics_from_examples(args.examples)
+        else:
+            cfg = PipelineConfig(output_dir=args.output_dir)
+            if not cfg.metadata_path.exists():
+                raise CliError(
+                    f"no metadata store at {cfg.metadata_path}; "
+                    "run `tailings run` or pass --examples"
+                )
+            stats = statistics_from_run(cfg, args.run)
+    except (FileNotFoundError, KeyError) as err:
+        raise CliError(str(err).strip("'\"")) from None
+    out = write_draft(stats, args.out)
+    say(f"wrote {out}; review it against schemas/schema.pbtxt (the curated schema is unchanged)")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- main
-VERBS: tuple[Callable, ...] = (_add_convert, _add_fetch, _add_run, _add_runs)
+VERBS: tuple[Callable, ...] = (_add_convert, _add_fetch, _add_run, _add_runs, _add_schema)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,8 +97,8 @@ def test_tfma_instantiates_the_configured_metrics() -> None:
 
     configs = M.tfma_metric_configs()
     ours = [config for config in configs if config.module == M.MODULE]
-    assert len(ours) == len(M.PIXEL_METRICS)
-    for config, (metric_class, name) in zip(ours, M.PIXEL_METRICS, strict=True):
+    assert len(ours) == len(M.EVALUATED_METRICS)
+    for config, (metric_class, name) in zip(ours, M.EVALUATED_METRICS, strict=True):
         metric = metric_specs.metric_instance(config)
         assert type(metric) is metric_class
         assert metric.name == name == json.loads(config.config)["name"]
@@ -125,3 +125,13 @@ def test_get_loss() -> None:
     assert M.get_loss("bce_dice") is M.bce_dice
     with pytest.raises(ValueError):
         M.get_loss("focal")
+
+
+def test_all_background_accuracy_ignores_predictions():
+    from components.metrics import AllBackgroundAccuracy
+
+    labels = np.zeros((2, 4, 4, 1), np.float32)
+    labels[0, :2] = 1.0  # 8 of 32 pixels are tailings
+    metric = AllBackgroundAccuracy()
+    metric.update_state(labels, np.ones_like(labels), sample_weight=np.array([1.0, 1.0]))
+    assert metric.result().numpy() == pytest.approx(0.75)

@@ -44,7 +44,15 @@ def test_blessed_model_is_pushed_as_version_1(first_run):
 
 def test_tfma_reports_every_metric(first_run):
     _, summary = first_run
-    for name in ("pixel_accuracy", "iou", "precision", "recall", "f1", "auc"):
+    for name in (
+        "pixel_accuracy",
+        "iou",
+        "precision",
+        "recall",
+        "f1",
+        "auc",
+        "all_background_accuracy",
+    ):
         assert name in summary.metrics, sorted(summary.metrics)
         assert 0.0 <= summary.metrics[name] <= 1.0
 
