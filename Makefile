@@ -37,8 +37,7 @@ run: setup
 	@if ! ls $(DATA)/img/*.tif >/dev/null 2>&1; then \
 		$(BIN)/tailings fetch-data --dest $(DATA) $(if $(FETCH_SOURCE),--source $(FETCH_SOURCE)); \
 	fi
-	$(BIN)/tailings convert --images $(DATA)/img --masks $(DATA)/mask \
-		--output $(OUTPUT)/examples --workers $(WORKERS)
+	$(BIN)/tailings run --data $(DATA) --output-dir $(OUTPUT) --workers $(WORKERS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -125,8 +125,10 @@ class AllBackgroundAccuracy(PixelAccuracy):
     reported, so a model's pixel accuracy means something only well above it.
     """
 
-    def __init__(self, name: str = ALL_BACKGROUND_ACCURACY, dtype: Any = None) -> None:
-        super().__init__(name=name, dtype=dtype)
+    def __init__(
+        self, name: str = ALL_BACKGROUND_ACCURACY, dtype: Any = None, threshold: float = THRESHOLD
+    ) -> None:
+        super().__init__(name=name, dtype=dtype, threshold=threshold)
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         y_true = tf.convert_to_tensor(y_true)

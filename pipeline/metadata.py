@@ -73,7 +73,7 @@ def load_run(store: metadata_store.MetadataStore, run_id: str | None = None) -> 
     executions = store.get_executions_by_context(context.id)
     nodes: dict[str, NodeRun] = {}
     for execution in executions:
-        node_id = _node_id(store, execution)
+        node = node_id(store, execution)
         events = store.get_events_by_execution_ids([execution.id])
         outputs_by_id: dict[str, list[int]] = {}
         for event in events:
@@ -85,8 +85,8 @@ def load_run(store: metadata_store.MetadataStore, run_id: str | None = None) -> 
                 outputs_by_id.setdefault(key, []).append(event.artifact_id)
         all_ids = [i for ids_ in outputs_by_id.values() for i in ids_]
         artifacts = {a.id: a for a in store.get_artifacts_by_id(all_ids)} if all_ids else {}
-        nodes[node_id] = NodeRun(
-            node_id=node_id,
+        nodes[node] = NodeRun(
+            node_id=node,
             state=STATES.Name(execution.last_known_state),
             start_ms=execution.create_time_since_epoch,
             end_ms=execution.last_update_time_since_epoch,
@@ -97,7 +97,8 @@ def load_run(store: metadata_store.MetadataStore, run_id: str | None = None) -> 
     return RunRecord(run_id=run_id, started_ms=context.create_time_since_epoch, nodes=nodes)
 
 
-def _node_id(store, execution) -> str:
+def node_id(store, execution) -> str:
+    """The pipeline node (component id) an execution belongs to."""
     for context in store.get_contexts_by_execution(execution.id):
         if store.get_context_types_by_id([context.type_id])[0].name == NODE_CONTEXT:
             return context.name.split(".", 1)[-1]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,49 +78,74 @@ class RunSummary:
         return out
 
 
-class _ComponentProgress(logging.Handler):
-    """Turn LocalDagRunner's log lines into one terminal line per component."""
+class _ComponentProgress(threading.Thread):
+    """One terminal line per component start and end, read from ML Metadata as TFX records it.
 
-    def __init__(self, say: Callable[[str], None]) -> None:
-        super().__init__(logging.INFO)
+    Polling the store (read-only) instead of parsing log lines keeps this independent of
+    logging set-up, which TFX's components and Beam reconfigure while they run.
+    """
+
+    FINISHED = ("COMPLETE", "CACHED", "FAILED", "CANCELED")
+
+    def __init__(self, sqlite_path: Path, say: Callable[[str], None], every: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self._path = sqlite_path
         self._say = say
-        self._started: dict[str, float] = {}
-        self._cached: set[str] = set()
-        self._current: str | None = None
+        self._every = every
+        self._since_ms = int(time.time() * 1000)
+        self._halt = threading.Event()
+        self._nodes: dict[int, str] = {}
+        self._done: set[int] = set()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        msg, args = record.msg, record.args or ()
-        if msg == "Component %s is running." and args:
-            self._current = str(args[0])
-            self._started[self._current] = time.monotonic()
-            self._say(f"> {self._current} ...")
-        elif msg == "A cached execution %d is used." and self._current:
-            self._cached.add(self._current)
-        elif msg == "Component %s is finished." and args:
-            node = str(args[0])
-            took = time.monotonic() - self._started.get(node, time.monotonic())
-            cached = " (cached)" if node in self._cached else ""
-            self._say(f"< {node} done in {took:.1f} s{cached}")
+    def run(self) -> None:
+        while not self._halt.wait(self._every):
+            self.poll()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self.poll()
+
+    def poll(self) -> None:
+        if not self._path.exists():
+            return
+        try:
+            store = metadata.open_store(str(self._path))
+            executions = [
+                e for e in store.get_executions() if e.create_time_since_epoch >= self._since_ms
+            ]
+            for execution in sorted(executions, key=lambda e: e.id):
+                self._report(store, execution)
+        except Exception:  # noqa: BLE001 - the store may be mid-write; the next poll catches up
+            return
+
+    def _report(self, store, execution) -> None:
+        if execution.id not in self._nodes:
+            self._nodes[execution.id] = metadata.node_id(store, execution)
+            self._say(f"> {self._nodes[execution.id]} ...")
+        state = metadata.STATES.Name(execution.last_known_state)
+        if state in self.FINISHED and execution.id not in self._done:
+            self._done.add(execution.id)
+            took = (
+                execution.last_update_time_since_epoch - execution.create_time_since_epoch
+            ) / 1e3
+            note = {"CACHED": " (cached)", "FAILED": " FAILED", "CANCELED": " canceled"}.get(
+                state, ""
+            )
+            self._say(f"< {self._nodes[execution.id]} done in {took:.1f} s{note}")
 
 
-def _route_logs(cfg: PipelineConfig, say: Callable[[str], None]) -> tuple[Path, list]:
+def _route_logs(cfg: PipelineConfig) -> tuple[Path, list]:
+    """Send Python logging to a per-run file under `<output-dir>/logs/`."""
     log_dir = cfg.output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    progress = _ComponentProgress(say)
     root = logging.getLogger()
-    absl_logger = logging.getLogger("absl")
-    saved = [
-        (root, list(root.handlers), root.level),
-        (absl_logger, list(absl_logger.handlers), absl_logger.level),
-    ]
+    saved = [(root, list(root.handlers), root.level)]
     root.handlers = [file_handler]
     root.setLevel(logging.INFO)
-    absl_logger.handlers = [progress]
-    absl_logger.setLevel(logging.INFO)
-    absl_logger.propagate = True
     return log_file, saved
 
 
@@ -173,8 +199,10 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) 
         )
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    log_file, saved = _route_logs(cfg, say)
+    log_file, saved = _route_logs(cfg)
     say(f"logs: {log_file}")
+    progress = _ComponentProgress(cfg.metadata_path, say)
+    progress.start()
     error = None
     try:
         # TFX, Beam, TensorFlow and the pip install of the module files print to stdout/stderr,
@@ -188,6 +216,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) 
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
         error += f" (full log: {log_file})"
     finally:
+        progress.stop()
         _restore_logs(saved)
     summary = summarize_run(cfg, time.monotonic() - start)
     if error and not summary.anomalies:
