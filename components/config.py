@@ -35,6 +35,9 @@ class ModelConfig:
     # Keras' 0.99 needs hundreds of steps before the inference-time statistics settle; a
     # 90-image dataset gives ~20 steps per epoch, so val_loss would lag (and stop early).
     batch_norm_momentum: float = 0.9
+    # Work at 1/input_downsample of the resolution inside the network (average-pool in,
+    # bilinear up out): 4x less compute per halving and twice the context per layer.
+    input_downsample: int = 1
     dropout: float = 0.1  # applied to the bottleneck only, as in the original U-Net
     loss: Loss = "bce_dice"  # dice counters the class imbalance (tailings are a minority)
 
@@ -51,11 +54,13 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.input_downsample < 1:
+            raise ValueError(f"input_downsample must be >= 1, got {self.input_downsample}")
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be a multiple of this (one halving per level)."""
-        return 2**self.depth
+        """Image sides must be a multiple of this (one halving per level and downsample)."""
+        return 2**self.depth * self.input_downsample
 
     def widths(self) -> list[int]:
         """Filters per level, encoder levels then the bottleneck."""
@@ -153,9 +158,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         crop = self.train.crop_size
         if crop is not None and crop % self.model.size_multiple:
-            raise ValueError(
-                f"crop_size {crop} must be a multiple of 2**depth = {self.model.size_multiple}"
-            )
+            raise ValueError(f"crop_size {crop} must be a multiple of {self.model.size_multiple}")
 
     def to_custom_config(self) -> dict[str, Any]:
         """The `custom_config` for `tfx.components.Trainer`."""

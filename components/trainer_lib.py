@@ -141,7 +141,9 @@ def _check_sizes(feature_spec: dict[str, Any], config: TrainerConfig) -> int:
     tile = int(feature_spec[IMAGE_XF].shape[0])
     multiple = config.model.size_multiple
     if tile % multiple:
-        raise ValueError(f"tile size {tile} is not a multiple of 2**depth = {multiple}")
+        raise ValueError(
+            f"tile size {tile} is not a multiple of {multiple} (2**depth x input_downsample)"
+        )
     crop = config.train.crop_size
     if crop is not None and crop > tile:
         raise ValueError(f"crop_size {crop} is larger than the tile size {tile}")

@@ -48,12 +48,12 @@ def build_unet(
     """
     for side in input_shape[:2]:
         if side is not None and side % config.size_multiple:
-            raise ValueError(
-                f"input side {side} is not a multiple of 2**depth = {config.size_multiple}"
-            )
+            raise ValueError(f"input side {side} is not a multiple of {config.size_multiple}")
     widths = config.widths()
     inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
     x = inputs
+    if config.input_downsample > 1:
+        x = keras.layers.AveragePooling2D(config.input_downsample, name="downsample")(x)
     skips = []
     for level in range(config.depth):
         x = _conv_block(x, widths[level], config, name=f"enc{level}")
@@ -68,5 +68,9 @@ def build_unet(
         )(x)
         x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = _conv_block(x, widths[level], config, name=f"dec{level}")
+    if config.input_downsample > 1:
+        x = keras.layers.UpSampling2D(
+            config.input_downsample, interpolation="bilinear", name="upsample"
+        )(x)
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name=f"unet_d{config.depth}_w{config.base_width}")

@@ -17,24 +17,22 @@ def tailings(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def convert(images, masks, output, *extra: str) -> subprocess.CompletedProcess:
+    return tailings(
+        "convert", "--images", str(images), "--masks", str(masks), "--output", str(output), *extra
+    )
+
+
 def test_help_lists_every_verb_with_one_line():
     out = tailings("--help")
     assert out.returncode == 0
-    for verb in ("convert", "fetch-data"):
+    for verb in ("convert", "fetch-data", "run", "runs", "schema"):
         assert verb in out.stdout
         assert tailings(verb, "--help").returncode == 0
 
 
 def test_convert_missing_folder_is_one_clear_line(tmp_path):
-    out = tailings(
-        "convert",
-        "--images",
-        str(tmp_path / "nope"),
-        "--masks",
-        str(tmp_path),
-        "--output",
-        str(tmp_path / "out"),
-    )
+    out = convert(tmp_path / "nope", tmp_path, tmp_path / "out")
     assert out.returncode == 1
     assert "--images folder does not exist" in out.stderr and str(tmp_path / "nope") in out.stderr
     assert "Traceback" not in out.stderr
@@ -43,15 +41,7 @@ def test_convert_missing_folder_is_one_clear_line(tmp_path):
 def test_convert_empty_folders_fail(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "mask").mkdir()
-    out = tailings(
-        "convert",
-        "--images",
-        str(tmp_path / "img"),
-        "--masks",
-        str(tmp_path / "mask"),
-        "--output",
-        str(tmp_path / "out"),
-    )
+    out = convert(tmp_path / "img", tmp_path / "mask", tmp_path / "out")
     assert out.returncode == 1 and "no .tif/.tiff files" in out.stderr
 
 
@@ -59,9 +49,7 @@ def test_convert_nothing_converted_fails_and_reports(tmp_path):
     img, msk = tmp_path / "img", tmp_path / "mask"
     make_pair(img, msk, "1")
     (msk / "mask_1.tif").unlink()
-    out = tailings(
-        "convert", "--images", str(img), "--masks", str(msk), "--output", str(tmp_path / "out")
-    )
+    out = convert(img, msk, tmp_path / "out")
     assert out.returncode == 1
     assert "nothing converted" in out.stderr and "rejected.jsonl" in out.stderr
     row = json.loads((tmp_path / "out" / "rejected.jsonl").read_text())
@@ -71,14 +59,10 @@ def test_convert_nothing_converted_fails_and_reports(tmp_path):
 @pytest.mark.slow
 def test_convert_passes_beam_options_through_and_summarises(tmp_path):
     img, msk = make_pairs(tmp_path, 3, size=(16, 16))
-    out = tailings(
-        "convert",
-        "--images",
-        str(img),
-        "--masks",
-        str(msk),
-        "--output",
-        str(tmp_path / "out"),
+    out = convert(
+        img,
+        msk,
+        tmp_path / "out",
         "--shards",
         "2",
         "--",
@@ -92,17 +76,7 @@ def test_convert_passes_beam_options_through_and_summarises(tmp_path):
 
 def test_unknown_beam_option_is_refused_by_beam(tmp_path):
     img, msk = make_pairs(tmp_path, 1, size=(16, 16))
-    out = tailings(
-        "convert",
-        "--images",
-        str(img),
-        "--masks",
-        str(msk),
-        "--output",
-        str(tmp_path / "o"),
-        "--",
-        "--runner=NoSuchRunner",
-    )
+    out = convert(img, msk, tmp_path / "o", "--", "--runner=NoSuchRunner")
     assert out.returncode == 1
     assert "Beam pipeline options" in out.stderr and "NoSuchRunner" in out.stderr
     assert "Traceback" not in out.stderr
