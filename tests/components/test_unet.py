@@ -46,3 +46,13 @@ def test_batch_norm_and_dropout_are_optional() -> None:
 def test_static_size_must_be_a_multiple_of_2_to_the_depth() -> None:
     with pytest.raises(ValueError, match="multiple"):
         build_unet(TINY, input_shape=(30, 32, 3))
+
+
+def test_input_downsample_keeps_the_output_size_and_raises_the_size_multiple() -> None:
+    config = ModelConfig(depth=2, base_width=4, input_downsample=2)
+    assert config.size_multiple == 8
+    model = build_unet(config)
+    out = model(np.zeros((1, 24, 40, 3), np.float32))
+    assert out.shape == (1, 24, 40, 1)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_unet(config, input_shape=(20, 24, 3))
