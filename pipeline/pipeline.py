@@ -6,6 +6,7 @@ Every step is a TFX component under its TFX name; the three that TFX does not sh
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def eval_config(cfg: PipelineConfig) -> tfma.EvalConfig:
     }
     configs = []
     for config in metrics.tfma_metric_configs():
-        name = _metric_name(config)
+        name = metric_name(config)
         if name in bounds:
             config.threshold.CopyFrom(
                 tfma.MetricThreshold(
@@ -66,9 +67,8 @@ def eval_config(cfg: PipelineConfig) -> tfma.EvalConfig:
     )
 
 
-def _metric_name(config: tfma.MetricConfig) -> str:
-    import json
-
+def metric_name(config: tfma.MetricConfig) -> str:
+    """The name TFMA reports a metric under: its config's `name`, else the class name."""
     return json.loads(config.config or "{}").get("name", config.class_name)
 
 

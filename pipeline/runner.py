@@ -249,10 +249,7 @@ def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None
     evaluation = run.artifact("Evaluator", "evaluation")
     if evaluation is not None:
         s.metrics, s.failures = _evaluation(evaluation.uri)
-        s.thresholds = {
-            "pixel_accuracy": cfg.thresholds.min_pixel_accuracy,
-            "iou": cfg.thresholds.min_iou,
-        }
+        s.thresholds = recorded_thresholds(evaluation.uri)
     blessing = run.artifact("Evaluator", "blessing")
     if blessing is not None:
         s.blessed = bool(metadata.custom(blessing, "blessed"))
@@ -262,6 +259,26 @@ def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None
         s.pushed_path = metadata.custom(pushed, "pushed_destination")
         s.reused_version = bool(metadata.custom(pushed, "reused_version"))
     return s
+
+
+def recorded_thresholds(evaluation_uri: str) -> dict[str, float]:
+    """Lower bounds from the EvalConfig TFMA stored with the evaluation.
+
+    A run may have used other thresholds than today's defaults (`--min-iou`); the summary
+    must judge its metrics by what that run applied.
+    """
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    from pipeline.pipeline import metric_name
+
+    eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
+    bounds: dict[str, float] = {}
+    for spec in eval_config.metrics_specs if eval_config is not None else ():
+        for config in spec.metrics:
+            value_threshold = config.threshold.value_threshold
+            if value_threshold.HasField("lower_bound"):
+                bounds[metric_name(config)] = value_threshold.lower_bound.value
+    return bounds
 
 
 def _bound(threshold) -> str:

@@ -94,6 +94,7 @@ def test_unreachable_threshold_pushes_nothing(first_run):
     assert summary.exit_code == EXIT_NOT_BLESSED and summary.blessed is False
     assert summary.pushed_version is None
     assert any(f.startswith("iou") for f in summary.failures), summary.failures
+    assert summary.thresholds["iou"] == pytest.approx(0.999)  # what this run applied
     assert sorted(p.name for p in cfg.push_dir.iterdir()) == ["1"]
     assert any("NOT BLESSED" in line for line in summary.lines())
 

@@ -1,0 +1,203 @@
+"""`tailings report`: one self-contained page per pipeline run.
+
+The outcome (data summary, metrics, blessing, pushed version) comes from `summarize_run`, the
+same code that prints the summary of `tailings run`; this module adds what only a page can
+show: the thresholds the run really used, the training curves and the Trainer's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import metadata
+from pipeline.config import PipelineConfig
+from pipeline.reports import html as h
+from pipeline.reports import plots
+from pipeline.reports.config import DEFAULTS, ReportConfig
+from pipeline.reports.stats import open_run
+from pipeline.runner import RunSummary, summarize_run
+
+
+@dataclass
+class RunReport:
+    summary: RunSummary
+    started: str
+    nodes: list[metadata.NodeRun]
+    split_counts: dict[str, int] = field(default_factory=dict)
+    # Lower bounds the Evaluator really applied (from its recorded EvalConfig), by metric.
+    history: dict[str, list[float]] = field(default_factory=dict)
+    curves_png: bytes | None = None
+    figures: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def load_report(
+    cfg: PipelineConfig, run_id: str | None = None, rc: ReportConfig = DEFAULTS
+) -> RunReport:
+    from components import trainer_lib
+    from components.example_gen import SUMMARY_FILE
+
+    run = open_run(cfg, run_id)
+    nodes = sorted(run.nodes.values(), key=lambda n: n.start_ms)
+    seconds = (max(n.end_ms for n in nodes) - min(n.start_ms for n in nodes)) / 1e3 if nodes else 0
+    report = RunReport(
+        summary=summarize_run(cfg, seconds, run.run_id),
+        started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_ms / 1e3)),
+        nodes=nodes,
+    )
+    conversion = run.artifact("ExampleGen", "conversion_report")
+    if conversion is not None and os.path.exists(os.path.join(conversion.uri, SUMMARY_FILE)):
+        counts = json.loads(Path(conversion.uri, SUMMARY_FILE).read_text())
+        report.split_counts = counts.get("converted_by_split", {})
+    model_run = run.artifact("Trainer", "model_run")
+    if model_run is not None:
+        folder = Path(model_run.uri)
+        if (folder / trainer_lib.HISTORY_FILE).exists():
+            report.history = json.loads((folder / trainer_lib.HISTORY_FILE).read_text())
+        if (folder / trainer_lib.CURVES_FILE).exists():
+            report.curves_png = (folder / trainer_lib.CURVES_FILE).read_bytes()
+        pngs = sorted((folder / trainer_lib.FIGURES_DIR).glob("*.png"))[: rc.max_figures]
+        report.figures = [(p.stem, p.read_bytes()) for p in pngs]
+    return report
+
+
+def _verdict(s: RunSummary) -> tuple[str, str]:
+    if s.anomalies:
+        return "STOPPED: data anomalies", "bad"
+    if s.error:
+        return "FAILED", "bad"
+    if s.blessed:
+        return "BLESSED", "good"
+    if s.blessed is False:
+        return "NOT BLESSED", "bad"
+    return "no evaluation", ""
+
+
+def report_html(report: RunReport) -> str:
+    s = report.summary
+    verdict, css = _verdict(s)
+    pushed = s.pushed_version or "-"
+    cards = [
+        h.card("verdict", verdict, css),
+        h.card("pushed version" + (" (already serving)" if s.reused_version else ""), pushed),
+        h.card("pairs converted", s.converted if s.converted is not None else "-"),
+        h.card("rejected pairs", len(s.rejected), "bad" if s.rejected else ""),
+        h.card("anomalies", len(s.anomalies), "bad" if s.anomalies else "good"),
+        h.card("run time", f"{s.seconds:.0f} s"),
+    ]
+    body = ["<div class='cards'>" + "".join(cards) + "</div>"]
+    if s.error:
+        body.append(h.note(f"error: {s.error}", "alert"))
+    body += [
+        _data(report),
+        _evaluation(report),
+        _model(s),
+        _training(report),
+        _figures(report),
+        _components(report),
+    ]
+    return h.page(f"Pipeline run {s.run_id}", f"started {report.started}", body)
+
+
+def _data(report: RunReport) -> str:
+    s = report.summary
+    parts = []
+    if report.split_counts:
+        rows = [(split, n) for split, n in report.split_counts.items()]
+        parts.append(h.table(("split", "examples"), rows))
+    if s.rejected:
+        rows = [(r["id"], r["reason"], r.get("detail", "")) for r in s.rejected]
+        parts.append("<h3>Rejected pairs</h3>")
+        parts.append(h.table(("pair", "reason", "detail"), rows, ["bad"] * len(rows), (0, 1, 2)))
+    else:
+        parts.append(h.note("No pair was rejected by the conversion."))
+    if s.anomalies:
+        items = "".join(f"<li>{h.esc(a)}</li>" for a in s.anomalies)
+        parts.append(f"<div class='alert'>Anomalies stopped the run:<ul>{items}</ul></div>")
+    elif s.converted is not None:
+        parts.append(h.note("No anomalies: every split matches the schema."))
+    parts.append("<p>Per-feature statistics: <code>tailings stats --run ID --html FILE</code>.</p>")
+    return h.section("Data", *parts)
+
+
+def _evaluation(report: RunReport) -> str:
+    from components.metrics import ALL_BACKGROUND_ACCURACY, PIXEL_ACCURACY
+
+    s = report.summary
+    if not s.metrics:
+        return h.section("Evaluation", h.note("This run has no evaluation.", "alert"))
+    rows, classes = [], []
+    for name, value in sorted(s.metrics.items()):
+        bound = s.thresholds.get(name)
+        if name == ALL_BACKGROUND_ACCURACY:
+            result, css = "baseline", ""
+        elif bound is None:
+            result, css = "", ""
+        else:
+            result, css = ("pass", "good") if value >= bound else ("fail", "bad")
+        shown = "-" if bound is None else f">= {bound:g}"
+        rows.append((name, f"{value:.4f}", shown, result))
+        classes.append(css)
+    parts = [h.table(("metric (eval split)", "value", "threshold", "result"), rows, classes)]
+    baseline = s.metrics.get(ALL_BACKGROUND_ACCURACY)
+    accuracy = s.metrics.get(PIXEL_ACCURACY)
+    if baseline is not None and accuracy is not None:
+        parts.append(
+            "<p>Predicting &ldquo;no tailings&rdquo; everywhere would score a pixel accuracy of "
+            f"<b>{baseline:.4f}</b> on this eval split; the model scores <b>{accuracy:.4f}</b> "
+            f"({accuracy - baseline:+.4f}). IoU and F1 of the tailings class say whether it "
+            "finds the tailings themselves.</p>"
+        )
+        if accuracy <= baseline:
+            parts.append(h.note("The model is no better than predicting no tailings.", "alert"))
+    if s.failures:
+        items = "".join(f"<li>{h.esc(f)}</li>" for f in s.failures)
+        parts.append(f"<div class='alert'>Missed:<ul>{items}</ul></div>")
+    return h.section("Evaluation", *parts)
+
+
+def _model(s: RunSummary) -> str:
+    if s.blessed is None:
+        return h.section("Model", h.note("No blessing: the run did not reach the Evaluator.", ""))
+    if not s.blessed:
+        return h.section("Model", h.note("NOT BLESSED: nothing was pushed.", "alert"))
+    if s.reused_version:
+        text = f"BLESSED; already serving as version {s.pushed_version} ({s.pushed_path})"
+    else:
+        text = f"BLESSED and pushed as version {s.pushed_version} to {s.pushed_path}"
+    return h.section("Model", h.note(text))
+
+
+def _training(report: RunReport) -> str:
+    parts = []
+    if report.curves_png:
+        parts.append(h.figure(plots.data_uri(report.curves_png), alt="training curves"))
+    if report.history:
+        epochs = max(len(v) for v in report.history.values())
+        rows = [(name, len(values), f"{values[-1]:.4f}") for name, values in report.history.items()]
+        parts.append(f"<p>{epochs} epochs; last value of each curve:</p>")
+        parts.append(h.table(("curve", "epochs", "last"), sorted(rows)))
+    if not parts:
+        parts.append(h.note("This run did not train a model.", ""))
+    return h.section("Training", *parts)
+
+
+def _figures(report: RunReport) -> str:
+    if not report.figures:
+        return h.section("Predictions", h.note("No figures from the Trainer.", ""))
+    # Each figure carries its pair id as a title already.
+    figures = [h.figure(plots.data_uri(png), alt=f"pair {name}") for name, png in report.figures]
+    return h.section(
+        "Predictions",
+        "<p>Eval examples from the Trainer: RGB (B4, B3, B2) | ground truth | prediction.</p>",
+        "<div class='grid'>" + "".join(figures) + "</div>",
+    )
+
+
+def _components(report: RunReport) -> str:
+    rows = [(n.node_id, n.state, f"{n.seconds:.1f}") for n in report.nodes]
+    classes = ["bad" if n.state == "FAILED" else "" for n in report.nodes]
+    return h.section("Components", h.table(("component", "state", "seconds"), rows, classes))

@@ -1,0 +1,137 @@
+"""`tailings stats` and `tailings report`: look at the data and at a run before trusting a model.
+
+Registered in `tailings.cli.VERBS`; heavy libraries load inside the verbs so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tailings.common import EXIT_OK, CliError, say
+
+LATEST = "latest"
+
+
+def _output_dir_argument(p: argparse.ArgumentParser) -> None:
+    from pipeline.config import PipelineConfig
+
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        default=PipelineConfig().output_dir,
+        help="where `tailings run` keeps metadata.sqlite (default: %(default)s)",
+    )
+
+
+# --------------------------------------------------------------------------- stats
+def add_stats(sub) -> None:
+    from pipeline.reports.config import ALL_SPLITS, EVAL, TRAIN
+
+    p = sub.add_parser(
+        "stats",
+        help="data statistics of a run or a TFRecord folder: tables, anomalies, drift, HTML",
+        description=(
+            "Show TFDV statistics per split (count, missing, mean, std, min, max, zeros, "
+            "histogram), anomalies and rejected pairs of a pipeline run (the latest by default), "
+            "or of a folder of converted TFRecords with --examples. --html writes one offline "
+            "page with histograms and example thumbnails; --compare measures drift against "
+            "another run with the thresholds set in schemas/schema.pbtxt."
+        ),
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run", default=LATEST, metavar="ID", help="run id (default: %(default)s)")
+    source.add_argument(
+        "--examples",
+        type=Path,
+        metavar="DIR",
+        help="folder of *.tfrecord.gz from `tailings convert` (no pipeline run needed)",
+    )
+    p.add_argument(
+        "--split",
+        choices=(TRAIN, EVAL, ALL_SPLITS),
+        default=ALL_SPLITS,
+        help="a run's split to show (default: %(default)s)",
+    )
+    p.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML page here"
+    )
+    p.add_argument("--compare", metavar="RUN_ID", help="measure drift against this run")
+    _output_dir_argument(p)
+    p.set_defaults(func=_stats)
+
+
+def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.reports import drift as drift_lib
+    from pipeline.reports import stats
+    from pipeline.reports.config import ALL_SPLITS
+    from pipeline.reports.stats_page import stats_html
+    from pipeline.reports.terminal import stats_lines
+
+    cfg = PipelineConfig(output_dir=args.output_dir)
+    if args.examples is not None and args.split != ALL_SPLITS:
+        raise CliError("--split applies to runs; a TFRecord folder has no train/eval splits")
+    try:
+        if args.examples is not None:
+            say(f"computing statistics of {args.examples} with TFDV ...")
+            data = stats.from_examples(args.examples)
+        else:
+            data = stats.from_run(cfg, args.run)
+        if args.split != ALL_SPLITS:
+            data = data.only(args.split)
+        drift = reference = None
+        if args.compare:
+            reference = stats.from_run(cfg, args.compare)
+            drift = drift_lib.compare(data, reference, drift_lib.load_schema())
+        for line in stats_lines(data, drift, reference):
+            print(line)
+        if args.html:
+            say(f"rendering {args.html} ...")
+            _write(args.html, stats_html(data, drift, reference))
+    except stats.ReportError as err:
+        raise CliError(str(err)) from None
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- report
+def add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page per pipeline run: data, metrics, blessing, figures",
+        description=(
+            "Write one offline HTML page for a run (the latest by default): data summary, "
+            "evaluation metrics against the thresholds the run used and the all-background "
+            "baseline, blessing, pushed version, training curves, and the Trainer's "
+            "image | truth | prediction figures."
+        ),
+    )
+    p.add_argument("--run", default=LATEST, metavar="ID", help="run id (default: %(default)s)")
+    p.add_argument("--html", type=Path, metavar="FILE", required=True, help="the page to write")
+    _output_dir_argument(p)
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.reports.run_report import load_report, report_html
+    from pipeline.reports.stats import ReportError
+
+    try:
+        report = load_report(PipelineConfig(output_dir=args.output_dir), args.run)
+    except ReportError as err:
+        raise CliError(str(err)) from None
+    for line in report.summary.lines():
+        print(line)
+    _write(args.html, report_html(report))
+    return EXIT_OK
+
+
+def _write(path: Path, page: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err.strerror}") from None
+    say(f"wrote {path} ({len(page.encode()) / 1e3:.0f} kB, self-contained)")

@@ -1,0 +1,126 @@
+"""The HTML pages: what they contain, and that a real browser renders them without the network."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from pipeline.reports import drift as drift_lib
+from pipeline.reports.run_report import load_report, report_html
+from pipeline.reports.stats_page import stats_html
+from tests.pipeline.reports.chromium import find_chromium, render
+
+# Anything that would make a browser fetch: src/href/url() not pointing into the page itself.
+EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*['"](?!data:|#)|url\(\s*['"]?(?!data:|#)|@import""")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip(
+            "no chromium binary on PATH (Debian: `apt-get install chromium`; .ci/run installs "
+            "it where apt is available)"
+        )
+    return binary
+
+
+@pytest.fixture(scope="module")
+def folder_page(same_stats, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pages") / "folder.html"
+    path.write_text(stats_html(same_stats))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compare_page(bright_stats, run_stats, tmp_path_factory) -> Path:
+    found = drift_lib.compare(bright_stats, run_stats, drift_lib.load_schema())
+    path = tmp_path_factory.mktemp("pages") / "compare.html"
+    path.write_text(stats_html(bright_stats, found, run_stats))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_page(pipeline_run, tmp_path_factory) -> Path:
+    cfg, summary = pipeline_run
+    path = tmp_path_factory.mktemp("pages") / "run.html"
+    path.write_text(report_html(load_report(cfg, summary.run_id)))
+    return path
+
+
+def metric_row(page: str, name: str) -> str:
+    found = re.search(rf"<tr[^>]*><td class='text'>{name}</td>.*?</tr>", page)
+    assert found, f"no row for {name}"
+    return found.group(0)
+
+
+def images(page: str) -> list[str]:
+    return re.findall(r"<img src='([^']*)'", page)
+
+
+def test_folder_page_shows_tables_histograms_rejects_and_thumbnails(folder_page):
+    page = folder_page.read_text()
+    assert not EXTERNAL.search(page), EXTERNAL.search(page)
+    assert "<h3>folder: 14 examples</h3>" in page
+    assert "band_mean[3]" in page and "tailings_fraction" in page
+    assert "<td class='text'>broken</td><td class='text'>mask_values</td>" in page
+    assert "No anomalies" in page
+    shown = images(page)
+    assert all(src.startswith("data:image/png;base64,") for src in shown)
+    # histograms of the 6 non-constant numeric features + 4 thumbnails (one split)
+    assert page.count("histogram'") == 6 and len(shown) == 6 + 4
+
+
+@pytest.mark.slow
+def test_compare_page_highlights_the_drifted_features(compare_page):
+    page = compare_page.read_text()
+    assert not EXTERNAL.search(page)
+    assert "4 of 5 measurements above their threshold" in page
+    drifted_rows = re.findall(r"<tr class='bad'><td class='text'>folder</td>.*?</tr>", page)
+    assert len(drifted_rows) == 4 and all("DRIFT" in row for row in drifted_rows)
+    assert "the reference run dashed" in page
+
+
+@pytest.mark.slow
+def test_run_page_shows_outcome_metrics_curves_and_figures(run_page, pipeline_run):
+    cfg, summary = pipeline_run
+    page = run_page.read_text()
+    assert not EXTERNAL.search(page)
+    assert summary.run_id in page and "BLESSED" in page
+    assert "baseline" in metric_row(page, "all_background_accuracy")
+    # judged by the run's own min_iou (0.0), not PipelineConfig's default 0.5
+    assert metric_row(page, "iou").endswith("<td>&gt;= 0</td><td>pass</td></tr>")
+    assert "pushed as version 1" in page
+    # training curves + the Trainer's figures (max_figures=2 in the tiny config)
+    assert len(images(page)) == 1 + cfg.trainer().train.max_figures
+
+
+def assert_offline_and_visible(page: Path, chromium: str) -> None:
+    rendered = render(page, chromium)
+    assert rendered.requests[0] == page.resolve().as_uri()
+    network = [url for url in rendered.requests if not url.startswith(("file:", "data:"))]
+    assert network == [], f"the page made network requests: {network}"
+    assert rendered.images > 0 and rendered.broken_images == 0
+    pixels = mpimg.imread(io.BytesIO(rendered.screenshot), format="png")
+    assert pixels.shape[0] > 900  # the whole page, longer than one screen
+    assert float(np.std(pixels[..., :3])) > 0.05, "the screenshot is blank"
+
+
+@pytest.mark.slow
+def test_pages_render_in_chromium_without_network(chromium, compare_page, run_page):
+    for page in (compare_page, run_page):
+        assert_offline_and_visible(page, chromium)
+
+
+@pytest.mark.slow
+def test_the_browser_check_sees_a_network_request(chromium, tmp_path):
+    """Control: a page that does fetch something is caught (port 9 refuses; nothing leaves)."""
+    page = tmp_path / "leaky.html"
+    page.write_text("<html><body><p>leak</p><img src='http://127.0.0.1:9/x.png'></body></html>")
+    rendered = render(page, chromium)
+    assert "http://127.0.0.1:9/x.png" in rendered.requests
