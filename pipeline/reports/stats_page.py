@@ -32,7 +32,10 @@ def stats_html(
 
 
 def _cards(data: DataStats, drift: list[Drift] | None) -> str:
-    cards = [h.card(f"{split} examples", d.num_examples) for split, d in data.statistics.items()]
+    cards = [
+        h.card("examples" if split == "examples" else f"{split} examples", d.num_examples)
+        for split, d in data.statistics.items()
+    ]
     cards.append(h.card("anomalies", len(data.anomalies), "bad" if data.anomalies else "good"))
     cards.append(h.card("rejected pairs", len(data.rejected), "bad" if data.rejected else ""))
     if drift is not None:
