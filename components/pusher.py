@@ -22,6 +22,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components.warmup import write_warmup
+
 PUSH_RECORD = os.path.join("assets.extra", "tailings_push.json")
 REUSED_KEY = "reused_version"
 
@@ -68,6 +70,7 @@ def push_atomically(model_dir: str, base_dir: str, record: dict) -> tuple[int, b
         os.makedirs(os.path.join(temp, "assets.extra"), exist_ok=True)
         with open(os.path.join(temp, PUSH_RECORD), "w") as fh:
             json.dump({**record, "fingerprint": fingerprint, "version": version}, fh, indent=2)
+        write_warmup(temp, os.path.basename(os.path.normpath(base_dir)))
         os.rename(temp, os.path.join(base_dir, str(version)))
     finally:
         if os.path.exists(temp):

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tailings.common import EXIT_FAILED, EXIT_OK, CliError, say
+from tailings.serving_cli import add_predict, add_serve
+from tailings.stats_cli import add_report, add_stats
 
 DEFAULT_DATA = Path("data/brazil-tailings")
 
@@ -253,7 +255,17 @@ def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- main
-VERBS: tuple[Callable, ...] = (_add_convert, _add_fetch, _add_run, _add_runs, _add_schema)
+VERBS: tuple[Callable, ...] = (
+    _add_convert,
+    _add_fetch,
+    _add_run,
+    _add_runs,
+    _add_schema,
+    add_stats,
+    add_report,
+    add_serve,
+    add_predict,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,97 @@
+"""Every knob of `tailings serve` and `tailings predict`, with its default, in one place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+# Where the pipeline pushes models (pipeline.config.PipelineConfig.serving_dir) and their name.
+MODELS_DIR = Path("serving/models")
+MODEL_NAME = "tailings"
+MODEL_CONFIG = Path("serving/models.config")
+MONITORING_CONFIG = Path("serving/monitoring.config")
+# compose.yaml mounts MODELS_DIR here; base paths under it in models.config are container paths.
+CONTAINER_MODELS_DIR = PurePosixPath("/models")
+
+# TF Serving's ports and paths (its documented defaults).
+GRPC_PORT = 8500
+REST_PORT = 8501
+METRICS_PATH = "/monitoring/prometheus/metrics"
+TFSERVING_BINARY = "tensorflow_model_server"
+TFSERVING_IMAGE = "tensorflow/serving:2.16.1"  # matches tensorflow / tensorflow-serving-api
+
+# Model names: what `tailings run --model-name` accepts; never a path, never '/' or ':'.
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The embedded server: HTTP front end and the version manager behind it."""
+
+    host: str = "127.0.0.1"  # loopback unless asked otherwise
+    port: int = REST_PORT  # 0 picks a free port (tests)
+    # Requests run in this many threads (JSON decoding, the model, JSON encoding); TensorFlow
+    # itself uses every core for one request, so more threads than cores only queue.
+    threads: int = 4
+    max_body_bytes: int = 128 * 2**20  # after gzip decoding; 8 tiles of 448^2 as b64 are ~26 MB
+    poll_seconds: float = 1.0  # as TF Serving's --file_system_poll_wait_seconds
+    load_retries: int = 5  # as TF Serving's --max_num_load_retries
+    load_retry_seconds: float = 5.0  # between attempts at one failing version
+    warmup: bool = True  # replay assets.extra/tf_serving_warmup_requests before AVAILABLE
+    unload_wait_seconds: float = 30.0  # an unloading version waits this long for its requests
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be > 0, got {self.poll_seconds}")
+        if self.load_retries < 0:
+            raise ValueError(f"load_retries must be >= 0, got {self.load_retries}")
+
+
+@dataclass(frozen=True)
+class TFServingConfig:
+    """Flags for the real `tensorflow_model_server` (`tailings serve --engine tfserving`)."""
+
+    binary: str = TFSERVING_BINARY
+    grpc_port: int = GRPC_PORT
+    rest_port: int = REST_PORT
+    poll_seconds: int = 1  # --file_system_poll_wait_seconds
+    config_poll_seconds: int = 60  # --model_config_file_poll_wait_seconds
+    enable_warmup: bool = True
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Sliding-window prediction of a whole scene (`tailings predict`)."""
+
+    tile: int = 448  # must equal the side the model's serving_default accepts
+    overlap: int = 64  # pixels shared by neighbouring windows, blended smoothly
+    threshold: float = 0.5  # probability at or above which a pixel is tailings
+    batch_size: int = 4  # windows per model call / REST request
+    timeout_seconds: float = 300.0  # one REST request
+    # Output GeoTIFFs: compressed, tiled, with overviews (Cloud-Optimized GeoTIFF layout).
+    block_size: int = 256
+    mask_compression: str = "deflate"
+    probability_compression: str = "deflate"
+    mask_predictor: int = 2  # horizontal differencing
+    probability_predictor: int = 3  # floating-point predictor
+
+    def __post_init__(self) -> None:
+        if self.tile < 1:
+            raise ValueError(f"tile must be >= 1, got {self.tile}")
+        if not 0 <= self.overlap < self.tile:
+            raise ValueError(f"overlap must be in [0, tile={self.tile}), got {self.overlap}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap

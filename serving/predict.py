@@ -1,0 +1,455 @@
+"""Whole-scene prediction: sliding windows over a GeoTIFF of any size, blended, georeferenced.
+
+Windows of `tile` pixels step by `tile - overlap`; the last window of a row or column is aligned
+to the scene's edge, and scenes smaller than a tile are padded (mirrored). Each window's
+probabilities are weighted by a 2-D ramp that falls linearly across the overlap, and every pixel
+is the weighted mean of the windows covering it, so seams fade instead of showing.
+
+The model is called through `serving_default` with serialized tf.Examples, in-process
+(`LocalModel`) or through TF Serving's REST API (`RemoteModel`, b64 instances). Why that
+signature: it is the one every TF Serving client calls by default; it carries the float32
+pixels as exact bytes (a third smaller than JSON numbers and parsed without a JSON number
+walk); and it runs the pipeline's Transform graph, so the normalisation is the training one.
+Both paths send the same batches to the same signature, so they give the same output.
+
+The scene is processed one strip of windows at a time, so memory stays at a few strips whatever
+the scene's size. Outputs: a uint8 mask (1 tailings, 0 background, 255 no data) and optionally
+float32 probabilities, as Cloud-Optimized GeoTIFFs on the input's grid; optional GeoJSON polygons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from components.warmup import (
+    EXAMPLES_INPUT,
+    PROBABILITIES,
+    SERVING_DEFAULT,
+    WarmupError,
+    image_example,
+    serving_tile_size,
+)
+from serving.config import PredictConfig
+from serving.geo import SQUARE_METRES_PER_HECTARE, AreaError, pixel_areas, polygon_area
+
+MASK_NODATA = 255
+BANDS = 3
+WGS84 = "EPSG:4326"
+
+
+class PredictError(Exception):
+    """Bad input or an unusable model/server; the message names the file and the problem."""
+
+
+class TileModel(Protocol):
+    """Square float32 reflectance tiles [N, S, S, 3] -> tailings probabilities [N, S, S]."""
+
+    tile: int
+    source: str
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray: ...
+
+
+def _examples(tiles: np.ndarray) -> list[bytes]:
+    return [image_example(tile) for tile in tiles]
+
+
+def find_version_dir(path: Path) -> Path:
+    """A SavedModel folder, or the newest numeric version under a model base path."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    if path.is_dir():
+        versions = sorted((int(p.name), p) for p in path.iterdir() if p.name.isdigit())
+        if versions and (versions[-1][1] / "saved_model.pb").is_file():
+            return versions[-1][1]
+    raise PredictError(
+        f"--model {path}: no SavedModel here (saved_model.pb) and no numeric version folder "
+        "holding one; pass a pushed version such as serving/models/tailings/1, or its parent"
+    )
+
+
+@dataclass
+class LocalModel:
+    """The SavedModel in this process, through the same code path as the embedded server."""
+
+    servable: object
+    tile: int
+    source: str
+
+    @classmethod
+    def open(cls, path: Path) -> LocalModel:
+        from serving.servable import Servable
+
+        version_dir = find_version_dir(path)
+        try:
+            servable = Servable.load("local", 0, version_dir)
+            tile = serving_tile_size(servable.signature_defs, where=str(version_dir))
+        except WarmupError as err:
+            raise PredictError(str(err)) from None
+        except Exception as err:  # TensorFlow's load errors are long; keep the first line
+            first = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
+            raise PredictError(
+                f"--model {version_dir}: cannot load the SavedModel: {first}"
+            ) from None
+        return cls(servable, tile, str(version_dir))
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        examples = np.array(_examples(tiles), dtype=object)
+        outputs = self.servable.run(SERVING_DEFAULT, {EXAMPLES_INPUT: examples})
+        return outputs[PROBABILITIES][..., 0]
+
+
+@dataclass
+class RemoteModel:
+    """A model behind TF Serving's REST API (the embedded server or tensorflow_model_server)."""
+
+    client: object
+    tile: int
+    source: str
+
+    @classmethod
+    def connect(cls, url: str, model_name: str, timeout: float) -> RemoteModel:
+        from serving.client import RestClient, ServerError
+
+        client = RestClient(url, model_name, timeout=timeout)
+        try:
+            tile = serving_tile_size(client.signature_defs(), where=client.model_url)
+        except (ServerError, WarmupError) as err:
+            raise PredictError(str(err)) from None
+        return cls(client, tile, client.model_url)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        from serving.client import ServerError
+
+        try:
+            probabilities = self.client.predict_examples(
+                _examples(tiles), (self.tile, self.tile, 1), SERVING_DEFAULT
+            )
+        except ServerError as err:
+            raise PredictError(str(err)) from None
+        return probabilities[..., 0]
+
+
+# --------------------------------------------------------------------------- windows
+def window_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every `stride`, the last one flush with the far edge."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """[tile, tile] weights: 1 inside, falling linearly to ~0 across `overlap` at each edge."""
+    if overlap == 0:
+        return np.ones((tile, tile), dtype=np.float32)
+    ramp = np.minimum(1.0, (np.arange(tile) + 0.5) / overlap)
+    ramp = np.minimum(ramp, ramp[::-1])
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def _pad(strip: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Mirror-pad an [h, w, 3] strip up to [height, width, 3] (scenes smaller than a tile)."""
+    pad_h, pad_w = height - strip.shape[0], width - strip.shape[1]
+    if pad_h <= 0 and pad_w <= 0:
+        return strip
+    return np.pad(strip, ((0, max(pad_h, 0)), (0, max(pad_w, 0)), (0, 0)), mode="symmetric")
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --------------------------------------------------------------------------- input checks
+def open_scene(path: Path):
+    """Open and check a scene: a GeoTIFF with 3 float bands (B2, B3, B4) and a CRS."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: no such file")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as err:
+        raise PredictError(f"{path}: not a GeoTIFF rasterio can read ({err})") from None
+    problem = None
+    if src.driver != "GTiff":
+        problem = f"is a {src.driver} raster, not a GeoTIFF"
+    elif src.count != BANDS:
+        problem = f"has {src.count} band(s); the model needs {BANDS}: B2, B3, B4 reflectance"
+    elif not np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+        problem = (
+            f"has {src.dtypes[0]} pixels; the model needs float reflectance "
+            "(Sentinel-2 L1C digital numbers / 10000)"
+        )
+    elif src.crs is None:
+        problem = "has no CRS, so the mask could not be placed on the ground"
+    if problem:
+        src.close()
+        raise PredictError(f"{path}: {problem}")
+    return src
+
+
+# --------------------------------------------------------------------------- outputs
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+@dataclass
+class SceneResult:
+    scene: str
+    model: str
+    height: int
+    width: int
+    windows: int
+    valid_pixels: int = 0
+    tailings_pixels: int = 0
+    tailings_m2: float = 0.0
+    valid_m2: float = 0.0
+    polygons: int | None = None
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def tailings_ha(self) -> float:
+        return self.tailings_m2 / SQUARE_METRES_PER_HECTARE
+
+    def lines(self) -> list[str]:
+        share = 100.0 * self.tailings_pixels / self.valid_pixels if self.valid_pixels else 0.0
+        out = [
+            f"{self.scene}: {self.width} x {self.height} pixels, {_count(self.windows, 'window')}"
+            f", {self.seconds:.1f} s ({self.model})",
+            f"tailings: {self.tailings_pixels} pixels, {self.tailings_ha:.2f} ha "
+            f"({share:.2f} % of {self.valid_m2 / SQUARE_METRES_PER_HECTARE:.2f} ha with data)",
+        ]
+        if self.polygons is not None:
+            out.append(f"polygons: {self.polygons}")
+        out += [f"wrote {path}" for path in self.outputs]
+        return out
+
+
+class _Output:
+    """A tiled GeoTIFF written strip by strip, then copied into a COG at its final path."""
+
+    def __init__(self, path: Path, src, dtype: str, nodata, description: str, cfg, kind: str):
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial.tif")
+        self.kind = kind
+        self.cfg = cfg
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PredictError(f"{self.path}: cannot create its folder ({err.strerror})") from None
+        profile = {
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": 1,
+            "dtype": dtype,
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": cfg.block_size,
+            "blockysize": cfg.block_size,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+        }
+        try:
+            self.dataset = rasterio.open(self.partial, "w", **profile)
+        except (RasterioIOError, OSError) as err:
+            raise PredictError(f"{self.path}: cannot write the output ({err})") from None
+        self.dataset.set_band_description(1, description)
+
+    def write(self, rows: np.ndarray, top: int) -> None:
+        from rasterio.windows import Window
+
+        window = Window(0, top, rows.shape[1], rows.shape[0])
+        self.dataset.write(rows[None], window=window)
+
+    def finish(self, tags: dict[str, str]) -> None:
+        """Close and rewrite as a COG (tiles, overviews, compression); drop the partial file."""
+        from rasterio.shutil import copy
+
+        self.dataset.update_tags(**tags)
+        self.dataset.close()
+        mask = self.kind == "mask"
+        try:
+            copy(
+                self.partial,
+                self.path,
+                driver="COG",
+                compress=self.cfg.mask_compression if mask else self.cfg.probability_compression,
+                predictor=self.cfg.mask_predictor if mask else self.cfg.probability_predictor,
+                blocksize=self.cfg.block_size,
+                overview_resampling="nearest" if mask else "average",
+                bigtiff="IF_SAFER",
+            )
+        finally:
+            self.partial.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        if not self.dataset.closed:
+            self.dataset.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def write_polygons(mask_path: Path, out: Path) -> int:
+    """GeoJSON (RFC 7946: WGS 84 lon/lat) of the tailings areas, each with its area in ha."""
+    import rasterio
+    from rasterio.features import shapes
+    from rasterio.warp import transform_geom
+
+    with rasterio.open(mask_path) as src:
+        mask = src.read(1)
+        crs, transform = src.crs, src.transform
+    features = []
+    reproject = crs.to_epsg() != 4326
+    for geometry, _value in shapes(mask, mask=mask == 1, transform=transform, connectivity=4):
+        area_ha = polygon_area(geometry, crs) / SQUARE_METRES_PER_HECTARE
+        if reproject:
+            geometry = transform_geom(crs, WGS84, geometry)
+        index = len(features) + 1
+        features.append(
+            {
+                "type": "Feature",
+                "id": index,
+                "properties": {"id": index, "area_ha": round(area_ha, 6)},
+                "geometry": geometry,
+            }
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    except OSError as err:
+        raise PredictError(f"{out}: cannot write the polygons ({err.strerror})") from None
+    return len(features)
+
+
+# --------------------------------------------------------------------------- the scene
+def predict_scene(
+    scene: Path,
+    model: TileModel,
+    out_mask: Path,
+    cfg: PredictConfig,
+    out_probabilities: Path | None = None,
+    out_polygons: Path | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> SceneResult:
+    """Predict a whole scene window by window; write the outputs; count tailings and hectares."""
+    if model.tile != cfg.tile:
+        raise PredictError(
+            f"--tile {cfg.tile}, but the model's {SERVING_DEFAULT} signature takes "
+            f"{model.tile} x {model.tile} tiles ({model.source}); pass --tile {model.tile}"
+        )
+    started = time.monotonic()
+    src = open_scene(scene)
+    outputs: list[_Output] = []
+    try:
+        result = _predict(src, Path(scene), model, out_mask, cfg, out_probabilities, outputs, say)
+    except BaseException:
+        for output in outputs:
+            output.abort()
+        raise
+    finally:
+        src.close()
+    if out_polygons is not None:
+        result.polygons = write_polygons(Path(out_mask), Path(out_polygons))
+        result.outputs.append(str(out_polygons))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) -> SceneResult:
+    from rasterio.windows import Window
+
+    height, width, tile = src.height, src.width, cfg.tile
+    rows = window_starts(height, tile, cfg.stride)
+    cols = window_starts(width, tile, cfg.stride)
+    padded_width = max(width, tile)
+    weight = blend_weights(tile, cfg.overlap)
+    try:
+        areas = pixel_areas(src.transform, src.crs, height, width)
+    except AreaError as err:
+        raise PredictError(f"{scene}: {err}") from None
+    result = SceneResult(str(scene), model.source, height, width, len(rows) * len(cols))
+    say(
+        f"{scene}: {width} x {height} pixels, {_count(result.windows, 'window')} of {tile} "
+        f"(overlap {cfg.overlap}), model {model.source}"
+    )
+
+    mask_out = _Output(out_mask, src, "uint8", MASK_NODATA, "tailings", cfg, "mask")
+    outputs.append(mask_out)
+    prob_out = None
+    if out_probabilities is not None:
+        prob_out = _Output(
+            out_probabilities, src, "float32", float("nan"), "tailings_probability", cfg, "prob"
+        )
+        outputs.append(prob_out)
+
+    total = np.zeros((tile, padded_width), dtype=np.float64)
+    weights = np.zeros((tile, padded_width), dtype=np.float64)
+    nodata = src.nodata
+    for k, top in enumerate(rows):
+        h = min(tile, height - top)
+        pixels = src.read(window=Window(0, top, width, h), out_dtype="float32")
+        valid = np.all(np.isfinite(pixels), axis=0)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= ~np.any(pixels == nodata, axis=0)
+        strip = np.where(valid[..., None], np.moveaxis(pixels, 0, -1), 0.0).astype(np.float32)
+        strip = _pad(strip, tile, padded_width)
+        for batch in _batches(cols, cfg.batch_size):
+            tiles = np.stack([strip[:, x : x + tile] for x in batch])
+            probabilities = np.asarray(model(tiles), dtype=np.float64)
+            for x, p in zip(batch, probabilities, strict=True):
+                total[:, x : x + tile] += p * weight
+                weights[:, x : x + tile] += weight
+
+        bottom = rows[k + 1] if k + 1 < len(rows) else height
+        done = bottom - top
+        probability = (total[:done, :width] / weights[:done, :width]).astype(np.float32)
+        ok = valid[:done]
+        tailings = (probability >= cfg.threshold) & ok
+        mask = np.where(ok, tailings, MASK_NODATA).astype(np.uint8)
+        mask_out.write(mask, top)
+        if prob_out is not None:
+            prob_out.write(np.where(ok, probability, np.nan).astype(np.float32), top)
+
+        row_areas = areas[top:bottom] if areas.shape[1] == 1 else areas[top:bottom, :width]
+        result.tailings_pixels += int(tailings.sum())
+        result.valid_pixels += int(ok.sum())
+        result.tailings_m2 += float((tailings * row_areas).sum())
+        result.valid_m2 += float((ok * row_areas).sum())
+        # Slide the accumulators down to the next strip's first row.
+        total = np.roll(total, -done, axis=0)
+        weights = np.roll(weights, -done, axis=0)
+        total[tile - done :] = 0.0
+        weights[tile - done :] = 0.0
+        say(f"  rows {top}..{bottom - 1} of {height} done")
+
+    tags = {
+        "model": model.source,
+        "tile": str(tile),
+        "overlap": str(cfg.overlap),
+        "threshold": str(cfg.threshold),
+        "source_scene": os.path.basename(str(scene)),
+    }
+    for output in outputs:
+        output.finish(tags)
+        result.outputs.append(str(output.path))
+    return result

@@ -1,0 +1,295 @@
+"""`tailings predict`: windows, blending, georeferenced COG outputs, areas, both model paths."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from serving.config import PredictConfig
+from serving.geo import pixel_areas
+from serving.predict import (
+    LocalModel,
+    PredictError,
+    RemoteModel,
+    blend_weights,
+    predict_scene,
+    window_starts,
+)
+from tests.fixtures.geotiffs import PIXEL_DEGREES, scene, write_geotiff
+from tests.fixtures.pipeline import TILE
+
+# --------------------------------------------------------------------------- windows, weights
+WINDOW_CASES = [(64, 64, 48), (30, 64, 48), (150, 64, 48), (448, 448, 384), (1000, 448, 384)]
+
+
+@pytest.mark.parametrize(("length", "tile", "stride"), WINDOW_CASES)
+def test_windows_cover_every_pixel_and_stay_inside(length, tile, stride):
+    starts = window_starts(length, tile, stride)
+    covered = np.zeros(max(length, tile), dtype=bool)
+    for start in starts:
+        covered[start : start + tile] = True
+    assert covered[:length].all()
+    assert starts[0] == 0
+    assert starts[-1] == max(length - tile, 0)
+    assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_blend_weights_ramp_across_the_overlap():
+    w = blend_weights(64, 16)
+    assert w.shape == (64, 64) and (w > 0).all() and w.max() == 1.0
+    np.testing.assert_array_equal(w, w.T)
+    np.testing.assert_array_equal(w, w[::-1, ::-1])
+    assert (np.diff(w[32, :32]) >= 0).all() and (w[16:48, 16:48] == 1.0).all()
+    # Two windows overlapping by 16 cross-fade linearly: their weights sum to a constant there.
+    np.testing.assert_allclose(w[32, 48:] + w[32, :16], 1.0, atol=1e-6)
+    assert (blend_weights(64, 0) == 1.0).all()
+
+
+@dataclass
+class PixelModel:
+    """A per-pixel function of reflectance: equivariant, so any window layout must return
+    exactly the function applied to the whole scene (tests the assembly, not a network)."""
+
+    tile: int = TILE
+    source: str = "pixelwise sigmoid of B4"
+    calls: int = 0
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        assert tiles.shape[1:] == (self.tile, self.tile, 3) and tiles.dtype == np.float32
+        return 1.0 / (1.0 + np.exp(-40.0 * (tiles[..., 2] - 0.17)))
+
+
+def make_scene(path: Path, height: int, width: int, seed: int = 0, **kwargs) -> np.ndarray:
+    image, _ = scene(height, width, seed=seed, blobs=3)
+    write_geotiff(path, image, descriptions=("B2", "B3", "B4"), **kwargs)
+    return image
+
+
+@pytest.mark.parametrize(("height", "width"), [(150, 97), (30, 40), (64, 64), (300, 520)])
+def test_windows_reassemble_exactly_the_pixelwise_answer(tmp_path, height, width):
+    image = make_scene(tmp_path / "scene.tif", height, width)
+    model = PixelModel()
+    cfg = PredictConfig(tile=TILE, overlap=16, batch_size=3)
+    result = predict_scene(
+        tmp_path / "scene.tif", model, tmp_path / "mask.tif", cfg, tmp_path / "prob.tif"
+    )
+    b4 = image[2]
+    direct = 1.0 / (1.0 + np.exp(-40.0 * (b4 - 0.17)))
+    with rasterio.open(tmp_path / "prob.tif") as src:
+        probabilities = src.read(1)
+    np.testing.assert_allclose(probabilities, direct, rtol=1e-5, atol=1e-6)
+    with rasterio.open(tmp_path / "mask.tif") as src:
+        mask = src.read(1)
+    np.testing.assert_array_equal(mask, (probabilities >= 0.5).astype(np.uint8))
+    assert result.tailings_pixels == int(mask.sum()) > 0
+    assert result.windows == len(window_starts(height, TILE, 48)) * len(
+        window_starts(width, TILE, 48)
+    )
+
+
+def test_no_data_pixels_are_255_in_the_mask_and_nan_in_probabilities(tmp_path):
+    image, _ = scene(80, 90, seed=2, blobs=2)
+    image[:, 10:20, 30:50] = np.nan
+    write_geotiff(tmp_path / "scene.tif", image)
+    result = predict_scene(
+        tmp_path / "scene.tif",
+        PixelModel(),
+        tmp_path / "mask.tif",
+        PredictConfig(tile=TILE, overlap=16),
+        tmp_path / "prob.tif",
+    )
+    with rasterio.open(tmp_path / "mask.tif") as src:
+        mask = src.read(1)
+        assert src.nodata == 255
+    with rasterio.open(tmp_path / "prob.tif") as src:
+        probabilities = src.read(1)
+    assert (mask[10:20, 30:50] == 255).all() and np.isnan(probabilities[10:20, 30:50]).all()
+    assert result.valid_pixels == 80 * 90 - 200
+    assert set(np.unique(mask[~np.isnan(probabilities)])) <= {0, 1}
+
+
+# --------------------------------------------------------------------------- outputs and areas
+def test_outputs_are_georeferenced_cogs_with_hectares(tmp_path):
+    transform = from_origin(-44.61, -21.07, PIXEL_DEGREES, PIXEL_DEGREES)
+    make_scene(tmp_path / "scene.tif", 300, 520, transform=transform)
+    result = predict_scene(
+        tmp_path / "scene.tif",
+        PixelModel(),
+        tmp_path / "out" / "mask.tif",
+        PredictConfig(tile=TILE, overlap=16),
+        tmp_path / "out" / "prob.tif",
+        tmp_path / "out" / "tailings.geojson",
+    )
+    with rasterio.open(tmp_path / "scene.tif") as scene_src:
+        crs, grid = scene_src.crs, scene_src.transform
+    for name, dtype in (("mask.tif", "uint8"), ("prob.tif", "float32")):
+        with rasterio.open(tmp_path / "out" / name) as src:
+            assert src.crs == crs and src.transform == grid
+            assert (src.width, src.height, src.count, src.dtypes[0]) == (520, 300, 1, dtype)
+            assert src.profile["tiled"] and src.block_shapes[0] == (256, 256)
+            assert src.compression.value == "DEFLATE"
+            assert src.overviews(1), "a COG of this size has overviews"
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    with rasterio.open(tmp_path / "out" / "mask.tif") as src:
+        mask = src.read(1)
+    areas = np.broadcast_to(pixel_areas(grid, crs, 300, 520), (300, 520))
+    assert result.tailings_m2 == pytest.approx(float(areas[mask == 1].sum()), rel=1e-9)
+    # Near 21 degrees south a ~10 m pixel is ~92 m^2, not the equator's ~99 m^2.
+    assert result.tailings_ha == pytest.approx(mask.sum() * 92.1e-4, rel=0.01)
+    geojson = json.loads((tmp_path / "out" / "tailings.geojson").read_text())
+    assert result.polygons == len(geojson["features"]) >= 1
+    total = sum(f["properties"]["area_ha"] for f in geojson["features"])
+    assert total == pytest.approx(result.tailings_ha, rel=1e-6)
+    lon, lat = geojson["features"][0]["geometry"]["coordinates"][0][0]
+    assert -44.62 < lon < -44.56 and -21.1 < lat < -21.07
+
+
+def test_projected_scene_polygons_are_written_in_wgs84(tmp_path):
+    make_scene(
+        tmp_path / "scene.tif",
+        96,
+        96,
+        crs="EPSG:32723",
+        transform=from_origin(600000, 7670000, 10, 10),
+    )
+    result = predict_scene(
+        tmp_path / "scene.tif",
+        PixelModel(),
+        tmp_path / "mask.tif",
+        PredictConfig(tile=TILE, overlap=16),
+        out_polygons=tmp_path / "p.geojson",
+    )
+    assert result.tailings_m2 == result.tailings_pixels * 100.0
+    features = json.loads((tmp_path / "p.geojson").read_text())["features"]
+    lon, lat = features[0]["geometry"]["coordinates"][0][0]
+    assert -45.1 < lon < -43.9 and -21.2 < lat < -20.9  # UTM 23S near (600 km E, 7670 km N)
+    assert sum(f["properties"]["area_ha"] for f in features) == pytest.approx(result.tailings_ha)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_scenes_get_clear_errors(tmp_path):
+    cfg, model = PredictConfig(tile=TILE, overlap=16), PixelModel()
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    one_band = write_geotiff(tmp_path / "one.tif", np.zeros((1, 32, 32), np.float32))
+    integers = write_geotiff(tmp_path / "dn.tif", np.zeros((3, 32, 32), np.uint16))
+    no_crs = write_geotiff(tmp_path / "nocrs.tif", np.zeros((3, 32, 32), np.float32), crs=None)
+    cases = [
+        (tmp_path / "missing.tif", "no such file"),
+        (text, "not a GeoTIFF"),
+        (one_band, "has 1 band(s); the model needs 3"),
+        (integers, "uint16 pixels; the model needs float reflectance"),
+        (no_crs, "has no CRS"),
+    ]
+    for path, message in cases:
+        with pytest.raises(PredictError) as err:
+            predict_scene(path, model, tmp_path / "mask.tif", cfg)
+        assert str(path) in str(err.value) and message in str(err.value)
+    assert not (tmp_path / "mask.tif").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_unwritable_outputs_are_clear_errors(tmp_path):
+    make_scene(tmp_path / "scene.tif", 64, 64)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = PredictConfig(tile=TILE, overlap=16)
+    with pytest.raises(PredictError, match=f"{blocker / 'mask.tif'}: cannot create its folder"):
+        predict_scene(tmp_path / "scene.tif", PixelModel(), blocker / "mask.tif", cfg)
+    with pytest.raises(PredictError, match=f"{blocker / 'p.geojson'}: cannot write the polygons"):
+        predict_scene(
+            tmp_path / "scene.tif",
+            PixelModel(),
+            tmp_path / "m.tif",
+            cfg,
+            None,
+            blocker / "p.geojson",
+        )
+
+
+def test_tile_size_must_match_the_model(tmp_path):
+    make_scene(tmp_path / "scene.tif", 64, 64)
+    with pytest.raises(PredictError, match=f"takes {TILE} x {TILE} tiles.*pass --tile {TILE}"):
+        predict_scene(tmp_path / "scene.tif", PixelModel(), tmp_path / "m.tif", PredictConfig())
+
+
+def test_server_down_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(PredictError, match="cannot connect to the model server.*tailings serve"):
+        RemoteModel.connect(f"http://127.0.0.1:{port}", "tailings", timeout=5)
+
+
+def test_model_folder_without_a_saved_model_is_a_clear_error(tmp_path):
+    with pytest.raises(PredictError, match="no SavedModel here"):
+        LocalModel.open(tmp_path)
+
+
+# --------------------------------------------------------------------------- the real model
+@pytest.mark.slow
+def test_server_and_in_process_give_the_same_output(server, pushed, tmp_path):
+    cfg, version_dir = pushed
+    make_scene(tmp_path / "scene.tif", 150, 97, seed=5)
+    settings = PredictConfig(tile=TILE, overlap=16, batch_size=4)
+    local = LocalModel.open(cfg.push_dir)  # the base path: the newest version is picked
+    assert local.tile == TILE and local.source == str(version_dir)
+    remote = RemoteModel.connect(server.url, cfg.model_name, timeout=60)
+    assert remote.tile == TILE
+    results = {}
+    for name, model in (("local", local), ("remote", remote)):
+        results[name] = predict_scene(
+            tmp_path / "scene.tif",
+            model,
+            tmp_path / f"{name}-mask.tif",
+            settings,
+            tmp_path / f"{name}-prob.tif",
+            tmp_path / f"{name}.geojson",
+        )
+    arrays = {}
+    for name in results:
+        with (
+            rasterio.open(tmp_path / f"{name}-mask.tif") as m,
+            rasterio.open(tmp_path / f"{name}-prob.tif") as p,
+        ):
+            arrays[name] = (m.read(1), p.read(1))
+    np.testing.assert_array_equal(arrays["local"][0], arrays["remote"][0])
+    np.testing.assert_allclose(arrays["local"][1], arrays["remote"][1], atol=1e-6)
+    assert results["local"].tailings_pixels == results["remote"].tailings_pixels
+    assert results["local"].tailings_ha == pytest.approx(results["remote"].tailings_ha)
+    assert (tmp_path / "local.geojson").read_text() == (tmp_path / "remote.geojson").read_text()
+    # The tiny model learned the synthetic blobs: it finds tailings, not everything.
+    mask = arrays["local"][0]
+    assert 0 < mask.mean() < 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_scene_with_the_tiny_model(real_data, pushed, tmp_path):
+    cfg, _ = pushed
+    scene_path = real_data / "img" / "img_1.tif"
+    result = predict_scene(
+        scene_path,
+        LocalModel.open(cfg.push_dir),
+        tmp_path / "mask.tif",
+        PredictConfig(tile=TILE, overlap=16),
+        out_polygons=tmp_path / "p.geojson",
+    )
+    with rasterio.open(scene_path) as src, rasterio.open(tmp_path / "mask.tif") as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        mask = out.read(1)
+        areas = np.broadcast_to(pixel_areas(src.transform, src.crs, *src.shape), src.shape)
+    assert result.tailings_pixels == int((mask == 1).sum())
+    assert result.tailings_m2 == pytest.approx(float(areas[mask == 1].sum()), rel=1e-9)
+    assert result.valid_m2 == pytest.approx(float(areas.sum()), rel=1e-9)
+    # 448 x 448 pixels of ~8.93e-5 degrees at 21 S: ~4.45 km (N-S) x ~4.15 km (E-W).
+    assert 1800 < result.valid_m2 / 1e4 < 1880
