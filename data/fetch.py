@@ -86,16 +86,27 @@ class FetchConfig:
 
 @dataclass
 class FetchResult:
-    """What one fetch did. Names are `img/<file>` or `mask/<file>`, relative to `dest`."""
+    """What one fetch did: `fetched` and `skipped` count files, the `*_files` lists name them.
+
+    Names are `img/<file>` or `mask/<file>`, relative to `dest`.
+    """
 
     source: str
     dest: Path
-    fetched: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # already present and valid
+    fetched_files: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)  # already present and valid
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     bytes_fetched: int = 0
     pairs: int = 0  # complete image/mask pairs in dest after the fetch
     seconds: float = 0.0
+
+    @property
+    def fetched(self) -> int:
+        return len(self.fetched_files)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_files)
 
     @property
     def ok(self) -> bool:
@@ -103,8 +114,8 @@ class FetchResult:
 
     def one_line(self) -> str:
         return (
-            f"fetched {len(self.fetched)} files ({self.bytes_fetched / 1e6:.1f} MB), "
-            f"skipped {len(self.skipped)} already valid, failed {len(self.failed)}; "
+            f"fetched {self.fetched} files ({self.bytes_fetched / 1e6:.1f} MB), "
+            f"skipped {self.skipped} already valid, failed {len(self.failed)}; "
             f"{self.pairs} complete pairs in {self.dest} ({self.seconds:.1f} s)"
         )
 
@@ -177,16 +188,16 @@ def fetch_data(
             item = futures[future]
             status, detail, nbytes = future.result()
             if status == "fetched":
-                result.fetched.append(item.label)
+                result.fetched_files.append(item.label)
                 result.bytes_fetched += nbytes
                 say(f"fetched {done}/{total} {item.label} ({_size(nbytes)})")
             elif status == "skipped":
-                result.skipped.append(item.label)
+                result.skipped_files.append(item.label)
                 say(f"skipped {done}/{total} {item.label} (already present and valid)")
             else:
                 result.failed.append((item.label, detail))
                 say(f"FAILED  {done}/{total} {item.label}: {detail}")
-    for names in (result.fetched, result.skipped):
+    for names in (result.fetched_files, result.skipped_files):
         names.sort(key=_natural_key)
     result.failed.sort(key=lambda f: _natural_key(f[0]))
     result.pairs = _complete_pairs(dest, cfg)

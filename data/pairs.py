@@ -89,7 +89,12 @@ def _pair_key(path: Path, prefix: str) -> str:
 
 
 def _list_rasters(folder: Path, cfg: PairingConfig) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in cfg.extensions)
+    # Hidden files (macOS `._img_1.tif` resource forks, editors' temp files) are not rasters.
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in cfg.extensions
+    )
 
 
 def discover_pairs(

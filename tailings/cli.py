@@ -109,12 +109,7 @@ def _fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
         result = fetch_data(args.source, args.dest, say=say)
     except FetchError as err:
         raise CliError(str(err)) from None
-    for name, reason in result.failed:
-        say(f"  failed: {name}: {reason}")
-    say(
-        f"fetched {result.fetched}, already present {result.skipped}, failed {len(result.failed)}"
-        f" -> {args.dest}"
-    )
+    say(result.one_line())  # each failure was already reported with its reason as it happened
     return EXIT_OK if not result.failed else EXIT_FAILED
 
 

@@ -42,7 +42,7 @@ def test_local_layouts_arrive_byte_for_byte(tmp_path, images_rel, masks_rel):
     result = fetch_data(str(src), tmp_path / "dest", FAST, say=lines.append)
 
     assert result.ok and result.failed == []
-    assert result.fetched == [
+    assert result.fetched_files == [
         "img/img_1.tif",
         "img/img_2.tif",
         "img/img_10.tif",
@@ -50,7 +50,8 @@ def test_local_layouts_arrive_byte_for_byte(tmp_path, images_rel, masks_rel):
         "mask/mask_2.tif",
         "mask/mask_10.tif",
     ]
-    assert result.pairs == 3 and result.skipped == []
+    assert result.pairs == 3 and result.skipped_files == []
+    assert (result.fetched, result.skipped) == (6, 0)  # counts; the lists name the files
     expected_images = {k: v for k, v in _files(src / images_rel).items() if k != "notes.txt"}
     assert _files(tmp_path / "dest" / "img") == expected_images
     assert _files(tmp_path / "dest" / "mask") == _files(src / masks_rel)
@@ -71,8 +72,8 @@ def test_second_call_skips_valid_files_and_fetches_only_new_ones(tmp_path):
 
     again = fetch_data(str(src), dest, FAST)
 
-    assert again.fetched == ["img/img_3.tif", "mask/mask_3.tif"]
-    assert len(again.skipped) == 4 and again.failed == [] and again.pairs == 3
+    assert again.fetched_files == ["img/img_3.tif", "mask/mask_3.tif"]
+    assert again.skipped == 4 and again.failed == [] and again.pairs == 3
     assert all(p.stat().st_mtime_ns == t for p, t in before.items()), "valid files rewritten"
 
 
@@ -88,7 +89,7 @@ def test_corrupt_source_file_is_reported_and_the_good_ones_still_arrive(tmp_path
 
     assert [name for name, _ in result.failed] == ["img/img_2.tif", "mask/mask_3.tif"]
     assert all("not a readable GeoTIFF" in reason for _, reason in result.failed)
-    assert len(result.fetched) == 6 and result.pairs == 2
+    assert result.fetched == 6 and result.pairs == 2
     assert not (dest / "img" / "img_2.tif").exists()
     assert not (dest / "mask" / "mask_3.tif").exists()
     np.testing.assert_array_equal(
@@ -107,8 +108,8 @@ def test_broken_file_in_dest_is_replaced(tmp_path):
 
     result = fetch_data(str(src), dest, FAST)
 
-    assert result.fetched == ["img/img_1.tif", "mask/mask_2.tif"]
-    assert result.skipped == ["img/img_2.tif", "mask/mask_1.tif"]
+    assert result.fetched_files == ["img/img_1.tif", "mask/mask_2.tif"]
+    assert result.skipped_files == ["img/img_2.tif", "mask/mask_1.tif"]
     assert (dest / "img" / "img_1.tif").read_bytes() == (images / "img_1.tif").read_bytes()
 
 
@@ -247,7 +248,7 @@ def test_http_source_lists_downloads_retries_and_reports_failures(github, tmp_pa
 
     assert "/repos/o/r/contents/data/img_tiff?ref=main" in github.requests
     assert github.requests.count("/raw/data/img_tiff/img_1.tif") == 3
-    assert result.fetched == [
+    assert result.fetched_files == [
         "img/img_1.tif",
         "img/img_2.tif",
         "mask/mask_1.tif",
@@ -268,8 +269,8 @@ def test_http_source_lists_downloads_retries_and_reports_failures(github, tmp_pa
     github.missing.clear()
     github.tampered.clear()
     again = fetch_data(None, dest, cfg)
-    assert again.fetched == ["img/img_3.tif", "mask/mask_2.tif"]
-    assert len(again.skipped) == 4 and again.ok and again.pairs == 3
+    assert again.fetched_files == ["img/img_3.tif", "mask/mask_2.tif"]
+    assert again.skipped == 4 and again.ok and again.pairs == 3
 
 
 def test_github_page_url_maps_to_the_contents_api_with_its_ref(github, tmp_path):
@@ -316,7 +317,7 @@ def test_source_that_stops_answering_fails_the_rest_without_waiting(github, tmp_
 
     result = fetch_data(None, tmp_path / "dest", cfg)
 
-    assert result.fetched == [] and len(result.failed) == 6
+    assert result.fetched_files == [] and len(result.failed) == 6
     reasons = [reason for _, reason in result.failed]
     assert sum("connection refused" in r for r in reasons) == 2
     assert sum(r.startswith("not attempted: the source stopped answering") for r in reasons) == 4

@@ -58,3 +58,10 @@ def test_duplicate_ids_are_rejected_not_guessed(tmp_path):
     (img / "1.tif").write_bytes((img / "img_1.tif").read_bytes())
     (spec,) = pairs.discover_pairs(img, msk)
     assert pairs.validate(spec).reason == pairs.DUPLICATE_ID
+
+
+def test_hidden_files_are_not_candidate_rasters(tmp_path):
+    img, msk = tmp_path / "img", tmp_path / "mask"
+    make_pair(img, msk, "1")
+    (img / "._img_1.tif").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    assert [s.pair_id for s in pairs.discover_pairs(img, msk)] == ["1"]
