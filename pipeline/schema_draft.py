@@ -29,8 +29,12 @@ def statistics_from_run(cfg: PipelineConfig, run_id: str | None = None):
     return tfdv.load_stats_binary(os.path.join(artifact.uri, f"Split-{TRAIN_SPLIT}", STATS_FILE))
 
 
-def statistics_from_examples(folder: str | Path):
-    """Statistics of a folder of converted TFRecords (works before any pipeline run)."""
+def statistics_from_examples(folder: str | Path, schema=None):
+    """Statistics of a folder of converted TFRecords (works before any pipeline run).
+
+    `schema` only tells TFDV how to treat features (pixel bytes as images); without one, a
+    minimal schema that says just that is used.
+    """
     import tensorflow_data_validation as tfdv
 
     from data.reader import shard_files
@@ -38,7 +42,7 @@ def statistics_from_examples(folder: str | Path):
     shard_files(folder)  # a clear error when the folder holds no shards
     return tfdv.generate_statistics_from_tfrecord(
         data_location=str(Path(folder) / "*.tfrecord.gz"),
-        stats_options=tfdv.StatsOptions(schema=_bytes_as_images()),
+        stats_options=tfdv.StatsOptions(schema=schema or _bytes_as_images()),
     )
 
 

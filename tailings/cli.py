@@ -153,12 +153,11 @@ def _add_run(sub) -> None:
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    import re
-
     from pipeline.config import PipelineConfig, Thresholds
     from pipeline.runner import run_pipeline
+    from serving.config import MODEL_NAME_RE
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.model_name):
+    if not MODEL_NAME_RE.fullmatch(args.model_name):
         raise CliError(f"--model-name {args.model_name!r}: use letters, digits, '_', '.', '-'")
     cfg = PipelineConfig(
         data_dir=args.data,

@@ -147,18 +147,16 @@ def from_examples(folder: Path, rc: ReportConfig = DEFAULTS) -> DataStats:
     from data.config import ConversionConfig
     from data.reader import shard_files
     from pipeline.pipeline import SCHEMA_FILE
+    from pipeline.schema_draft import statistics_from_examples
 
     if not folder.is_dir():
         raise ReportError(f"--examples folder does not exist: {folder}")
+    schema = tfdv.load_schema_text(SCHEMA_FILE)
     try:
         files = shard_files(folder)
+        stats_list = statistics_from_examples(folder, schema)
     except FileNotFoundError as err:
         raise ReportError(str(err)) from None
-    schema = tfdv.load_schema_text(SCHEMA_FILE)
-    stats_list = tfdv.generate_statistics_from_tfrecord(
-        data_location=str(folder / "*.tfrecord.gz"),
-        stats_options=tfdv.StatsOptions(schema=schema),
-    )
     anomalies = tfdv.validate_statistics(stats_list, schema)
     rejected_path = folder / ConversionConfig().rejected_file
     rejected = []
