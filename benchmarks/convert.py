@@ -34,20 +34,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Also for the multi_processing workers, which inherit the environment: google-* libraries
-# warn about Python 3.10 on every import.
-os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+from _env import DEFAULT_DATA, RESULTS  # sets the environment first
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-DEFAULT_DATA = Path(
-    os.environ.get("TAILINGS_REAL_DATA", ROOT.parent / "shared" / "brazil-tailings")
-)
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "convert.json"
+DEFAULT_OUT = RESULTS / "convert.json"
 TARGETS = {"beam_1": 0.8, "beam_2_mp": 1.6, "beam_2_mt": 1.6}  # x the plain loop (issue)
 
 

@@ -46,22 +46,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
+import numpy as np
+import orjson
+from _env import DEFAULT_DATA, RESULTS, ROOT  # sets the environment first
 
 DEFAULT_MODEL = ROOT / "serving" / "models" / "tailings"
-DEFAULT_DATA = Path(
-    os.environ.get("TAILINGS_REAL_DATA", ROOT.parent / "shared" / "brazil-tailings")
-)
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serving.json"
+DEFAULT_OUT = RESULTS / "serving.json"
 TARGET_RATIO = 1.15  # REST p50 / in-process p50 (issue 4)
 MODEL_NAME = "tailings"
 CLIENT_COUNTS = (1, 2, 4)

@@ -34,7 +34,7 @@ from components.transform_lib import (
     SERVING_INPUT_KEYS,
     normalize,
 )
-from components.unet import OUTPUT_NAME, build_unet
+from components.unet import OUTPUT_NAME, build_unet, shift_decision_threshold
 from schemas import features
 
 # Signature and tensor names of the exported model.
@@ -111,6 +111,13 @@ def make_dataset(
         return parsed[IMAGE_XF], parsed[MASK_XF]
 
     dataset = _records(patterns).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return batch_pairs(dataset, config, training, repeat)
+
+
+def batch_pairs(
+    dataset: tf.data.Dataset, config: TrainConfig, training: bool, repeat: bool = False
+) -> tf.data.Dataset:
+    """(image, mask) pairs -> cached, shuffled, augmented (if training) batches."""
     if config.cache:
         dataset = dataset.cache()
     if training:
@@ -292,6 +299,33 @@ def export_serving_model(
     model.save(serving_model_dir, save_format="tf", signatures=signatures)
 
 
+def compile_model(config: TrainerConfig) -> keras.Model:
+    """The U-Net with its optimizer (Adam, optionally averaging weights), loss and metrics."""
+    model = build_unet(config.model)
+    ema = config.train.ema_momentum
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate=config.train.learning_rate,
+            use_ema=ema is not None,
+            ema_momentum=ema if ema is not None else 0.99,  # Keras' default; unused then
+        ),
+        loss=metrics_lib.get_loss(config.model.loss),
+        metrics=metrics_lib.training_metrics(),
+    )
+    return model
+
+
+def early_stopping(config: TrainConfig) -> keras.callbacks.EarlyStopping:
+    """Stop when eval loss stalls; keep the best epoch's weights unless averaging weights."""
+    return keras.callbacks.EarlyStopping(
+        monitor="val_loss",
+        patience=config.early_stopping_patience,
+        # fit() swaps the averaged weights in at the end; restoring one epoch's raw weights
+        # would throw the average away.
+        restore_best_weights=config.ema_momentum is None,
+    )
+
+
 def run_fn(fn_args: Any) -> None:
     """Train and export; `fn_args` is TFX's `FnArgs` (custom_config from components.config).
 
@@ -321,18 +355,9 @@ def run_fn(fn_args: Any) -> None:
         repeat=bool(validation_steps),
     )
 
-    model = build_unet(config.model)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=train_config.learning_rate),
-        loss=metrics_lib.get_loss(config.model.loss),
-        metrics=metrics_lib.training_metrics(),
-    )
+    model = compile_model(config)
     callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=train_config.early_stopping_patience,
-            restore_best_weights=True,
-        ),
+        early_stopping(train_config),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
     ]
     history = model.fit(
@@ -344,6 +369,9 @@ def run_fn(fn_args: Any) -> None:
         callbacks=callbacks,
         verbose=2,
     )
+
+    # After training (the loss needs the raw probabilities), before figures and export.
+    shift_decision_threshold(model, config.model.decision_threshold)
 
     run_dir = fn_args.model_run_dir
     curves = {name: [float(v) for v in values] for name, values in history.history.items()}

@@ -6,6 +6,8 @@ any other image whose sides are a multiple of 2**depth.
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -74,3 +76,20 @@ def build_unet(
         )(x)
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name=f"unet_d{config.depth}_w{config.base_width}")
+
+
+def shift_decision_threshold(model: keras.Model, threshold: float) -> None:
+    """Make the output's 0.5 cut fall where the trained model's raw probability is `threshold`.
+
+    sigmoid(z - logit(t)) >= 0.5 exactly when sigmoid(z) >= t, so lowering the sigmoid output
+    layer's bias by logit(t) moves the operating point with no extra layer: every consumer
+    (TFMA's metrics at 0.5, TF Serving clients, `tailings predict`) keeps 0.5 as the cut, and
+    the ranking of pixels (AUC) is unchanged.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if threshold == 0.5:
+        return  # logit(0.5) == 0: nothing to move
+    layer = model.get_layer(OUTPUT_NAME)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias - math.log(threshold / (1.0 - threshold))])

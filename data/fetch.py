@@ -541,7 +541,7 @@ def _complete_pairs(dest: Path, cfg: FetchConfig) -> int:
     from data.pairs import discover_pairs
 
     specs = discover_pairs(dest / cfg.dest_images, dest / cfg.dest_masks, cfg.pairing)
-    return sum(1 for s in specs if s.image and s.mask and ";" not in s.image and ";" not in s.mask)
+    return sum(1 for s in specs if s.image and s.mask and not s.duplicates)
 
 
 def _remove_stale_temps(folder: Path) -> None:

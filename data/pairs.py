@@ -39,6 +39,8 @@ class PairSpec:
     pair_id: str
     image: str | None
     mask: str | None
+    # Every file claiming this id when more than one does (then the pair is rejected).
+    duplicates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ def discover_pairs(
         mask = [str(p) for p in sides["mask"]]
         if len(image) > 1 or len(mask) > 1:
             # Two files claim the same id: keep the ambiguity visible rather than guess.
-            specs.append(PairSpec(key, ";".join(image) or None, ";".join(mask) or None))
+            first_image, first_mask = (image or [None])[0], (mask or [None])[0]
+            specs.append(PairSpec(key, first_image, first_mask, (*image, *mask)))
         else:
             specs.append(PairSpec(key, image[0] if image else None, mask[0] if mask else None))
     return specs
@@ -156,11 +159,10 @@ def _transforms_match(a, b, tolerance: float) -> bool:
 
 def load_pair(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> GeoPair:
     """Read and validate one pair, raising `PairError` with the first problem found."""
-    if spec.image and ";" in spec.image or spec.mask and ";" in spec.mask:
+    if spec.duplicates:
         raise PairError(
             DUPLICATE_ID,
-            f"several files share id {spec.pair_id!r}: "
-            f"{spec.image or ''} {spec.mask or ''}".strip(),
+            f"several files share id {spec.pair_id!r}: {', '.join(spec.duplicates)}",
         )
     if spec.mask is None:
         raise PairError(MISSING_MASK, f"{spec.image}: no mask file with id {spec.pair_id!r}")

@@ -48,6 +48,7 @@ def test_study_preset_is_the_original_network() -> None:
     assert study.model.batch_norm
     assert study.model.loss == "bce"
     assert (study.train.learning_rate, study.train.batch_size, study.train.epochs) == (1e-3, 6, 5)
+    assert study.train.ema_momentum is None and study.model.decision_threshold == 0.5
 
 
 def test_cpu_preset_is_small() -> None:
@@ -64,6 +65,8 @@ def test_cpu_preset_is_small() -> None:
         lambda: ModelConfig(dropout=1.0),
         lambda: TrainConfig(epochs=0),
         lambda: TrainConfig(learning_rate=0.0),
+        lambda: TrainConfig(ema_momentum=1.0),
+        lambda: ModelConfig(decision_threshold=0.0),
         lambda: TransformConfig(tile_size=0),
         lambda: TrainerConfig(model=ModelConfig(depth=3), train=TrainConfig(crop_size=100)),
         lambda: ModelConfig.from_dict({"depht": 3}),

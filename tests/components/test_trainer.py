@@ -188,3 +188,23 @@ def test_display_rgb_reverses_band_order() -> None:
     rgb = TL.to_display_rgb(reflectance)
     assert rgb.min() >= 0 and rgb.max() <= 1
     assert rgb[..., 0].std() > 0 and rgb[..., 2].std() == 0
+
+
+@pytest.mark.parametrize("ema_momentum", [None, 0.999999])
+def test_weight_averaging_exports_the_average(ema_momentum) -> None:
+    """With an (almost) frozen average the trained weights stay at their start; without, not."""
+    config = TrainerConfig(
+        model=ModelConfig(depth=1, base_width=2, batch_norm=False, dropout=0.0),
+        train=TrainConfig(epochs=3, batch_size=2, learning_rate=0.05, ema_momentum=ema_momentum),
+    )
+    model = TL.compile_model(config)
+    start = [w.copy() for w in model.get_weights()]
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+    masks = (images[..., :1] > 0).astype(np.float32)
+    model.fit(images, masks, batch_size=2, epochs=3, verbose=0)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), start, strict=True))
+    if ema_momentum is None:
+        assert moved > 1e-2
+    else:
+        assert moved < 1e-3

@@ -7,7 +7,7 @@ import pytest
 import tf_keras as keras
 
 from components.config import ModelConfig
-from components.unet import build_unet
+from components.unet import build_unet, shift_decision_threshold
 
 TINY = ModelConfig(depth=2, base_width=4, batch_norm=True, dropout=0.1)
 
@@ -56,3 +56,23 @@ def test_input_downsample_keeps_the_output_size_and_raises_the_size_multiple() -
     assert out.shape == (1, 24, 40, 1)
     with pytest.raises(ValueError, match="multiple of 8"):
         build_unet(config, input_shape=(20, 24, 3))
+
+
+def test_shifted_threshold_moves_the_half_cut_and_keeps_the_ranking() -> None:
+    model = build_unet(ModelConfig(depth=1, base_width=2, batch_norm=False, dropout=0.0))
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    raw = model.predict(images, verbose=0)
+    ordered = np.sort(raw, axis=None)
+    cut = int(0.3 * ordered.size)
+    threshold = float(ordered[cut - 1] + ordered[cut]) / 2  # between two pixels, not on one
+    shift_decision_threshold(model, threshold)
+    shifted = model.predict(images, verbose=0)
+    np.testing.assert_array_equal(shifted >= 0.5, raw >= threshold)
+    assert (shifted >= 0.5).mean() == pytest.approx(0.7, abs=0.01)
+    assert np.all(np.diff(shifted.ravel()[np.argsort(raw, axis=None)]) >= 0)  # same ranking
+
+
+def test_shifted_threshold_must_be_a_probability() -> None:
+    model = build_unet(ModelConfig(depth=1, base_width=2))
+    with pytest.raises(ValueError, match="threshold"):
+        shift_decision_threshold(model, 1.0)

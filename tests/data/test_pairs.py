@@ -57,7 +57,16 @@ def test_duplicate_ids_are_rejected_not_guessed(tmp_path):
     make_pair(img, msk, "1")
     (img / "1.tif").write_bytes((img / "img_1.tif").read_bytes())
     (spec,) = pairs.discover_pairs(img, msk)
-    assert pairs.validate(spec).reason == pairs.DUPLICATE_ID
+    rejection = pairs.validate(spec)
+    assert rejection.reason == pairs.DUPLICATE_ID
+    assert str(img / "1.tif") in rejection.detail and str(img / "img_1.tif") in rejection.detail
+
+
+def test_semicolon_in_a_folder_name_is_just_a_path(tmp_path):
+    img, msk = tmp_path / "a;b" / "img", tmp_path / "a;b" / "mask"
+    make_pair(img, msk, "1")
+    (spec,) = pairs.discover_pairs(img, msk)
+    assert isinstance(pairs.validate(spec), pairs.GeoPair)
 
 
 def test_hidden_files_are_not_candidate_rasters(tmp_path):

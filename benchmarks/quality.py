@@ -1,0 +1,270 @@
+"""Model quality, honestly: k-fold cross-validation inside the train split, then the eval split.
+
+    .venv/bin/python benchmarks/quality.py [--data DIR] [--preset cpu] [--folds 4] [--only eval]
+
+The pipeline blesses on the eval split (20 % of the pairs by id hash), and its early stopping
+watches the same split, so the eval numbers are mildly optimistic and tuning against them
+overfits 17 images. This script measures how the Trainer's recipe generalises instead:
+
+- the train split (as the pipeline splits it: `SplitConfig` + `ShardPlan`) is cut into
+  `--folds` folds by a hash of the pair id; each fold is predicted by a model trained on the
+  others, so every train pair gets an out-of-fold prediction;
+- the decision threshold that maximises the pooled out-of-fold IoU is what
+  `ModelConfig.decision_threshold` should be (chosen without looking at the eval split);
+- finally one model trains on the whole train split and is scored on the eval split, as the
+  pipeline's Evaluator scores it, at 0.5 and at the chosen threshold.
+
+Training is the Trainer's own code (`trainer_lib.compile_model`, `batch_pairs`/`augment`,
+`early_stopping` on the held-out part, as `run_fn` does on the eval split) fed from memory
+instead of Transform's TFRecords; normalisation is the Transform's (per-band mean and std
+over the training part). Results go to benchmarks/results/quality.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from _env import DEFAULT_DATA, RESULTS  # sets the environment first
+
+DEFAULT_OUT = RESULTS / "quality.json"
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
+
+
+@dataclasses.dataclass
+class Split:
+    ids: list[str]
+    images: np.ndarray  # [N,H,W,3] reflectance
+    masks: np.ndarray  # [N,H,W,1] float 0/1
+
+
+def load(data: Path) -> tuple[Split, Split]:
+    """The pairs the pipeline would train and evaluate on (same validation, same split)."""
+    from data.config import PairingConfig, SplitConfig, ValidationConfig
+    from data.convert import ShardPlan
+    from data.pairs import GeoPair, discover_pairs, validate
+
+    split = SplitConfig()  # what PipelineConfig.split defaults to
+    plan = ShardPlan(shards=split.shards, splits=split.splits)
+    parts: dict[str, list[GeoPair]] = {"train": [], "eval": []}
+    for spec in discover_pairs(data / "img", data / "mask", PairingConfig()):
+        pair = validate(spec, ValidationConfig())
+        if isinstance(pair, GeoPair):
+            parts[plan.key(pair.pair_id)[0]].append(pair)
+        else:
+            print(f"skipped {pair.pair_id}: {pair.reason} ({pair.detail})")
+
+    def stack(pairs: list[GeoPair]) -> Split:
+        return Split(
+            [p.pair_id for p in pairs],
+            np.stack([p.image for p in pairs]).astype(np.float32),
+            np.stack([p.mask for p in pairs])[..., None].astype(np.float32),
+        )
+
+    return stack(parts["train"]), stack(parts["eval"])
+
+
+def fold_of(pair_id: str, folds: int) -> int:
+    """Fold by a hash of the id (not the id hash the train/eval split used)."""
+    return int.from_bytes(hashlib.sha256(f"fold:{pair_id}".encode()).digest()[:8], "big") % folds
+
+
+def train_and_predict(train: Split, held_out: Split, config, epochs: int | None):  # noqa: ANN001
+    """Train the Trainer's model on `train` (early stopping on `held_out`), predict held_out."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from components import trainer_lib
+    from components.transform_lib import normalize
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.train.seed)
+    mean = train.images.reshape(-1, 3).mean(0)
+    std = train.images.reshape(-1, 3).std(0)
+
+    def dataset(split: Split, training: bool) -> tf.data.Dataset:
+        images = normalize(split.images, mean, std)
+        pairs = tf.data.Dataset.from_tensor_slices((images, split.masks))
+        return trainer_lib.batch_pairs(pairs, config.train, training=training)
+
+    model = trainer_lib.compile_model(config)
+    started = time.monotonic()
+    history = model.fit(
+        dataset(train, True),
+        validation_data=dataset(held_out, False),
+        epochs=epochs or config.train.epochs,
+        callbacks=[trainer_lib.early_stopping(config.train)],
+        verbose=0,
+    )
+    seconds = time.monotonic() - started
+    probabilities = model.predict(
+        normalize(held_out.images, mean, std), batch_size=config.train.batch_size, verbose=0
+    )
+    return probabilities, seconds, len(history.history["loss"])
+
+
+def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:
+    """Pooled pixel metrics at every threshold in THRESHOLDS (as TFMA pools the eval split)."""
+    truth = masks > 0.5
+    out = {}
+    for t in THRESHOLDS:
+        predicted = probabilities >= t
+        tp = float(np.sum(predicted & truth))
+        fp = float(np.sum(predicted & ~truth))
+        fn = float(np.sum(~predicted & truth))
+        out[f"{t:.2f}"] = {
+            "iou": tp / max(tp + fp + fn, 1.0),
+            "f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
+            "pixel_accuracy": float(np.mean(predicted == truth)),
+        }
+    return out
+
+
+def subset(split: Split, keep: np.ndarray) -> Split:
+    return Split(
+        [i for i, k in zip(split.ids, keep, strict=True) if k],
+        split.images[keep],
+        split.masks[keep],
+    )
+
+
+def markdown(result: dict) -> str:
+    """The summary table of results/quality.md."""
+
+    def row(name: str, by_threshold: dict, threshold: str) -> str:
+        m = by_threshold[threshold]
+        return (
+            f"| {name} | {threshold} | {m['iou']:.3f} | {m['f1']:.3f} | {m['pixel_accuracy']:.3f} |"
+        )
+
+    lines = [
+        f"# Model quality: preset `{result['preset']}`",
+        "",
+        f"Made by `benchmarks/quality.py` on {result['date']} ({result['machine']['cpus']} CPUs).",
+        "Pooled over all pixels of the predicted pairs, as TFMA pools the eval split.",
+        "",
+        "| predicted pairs | threshold | IoU | F1 | pixel accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    best = None
+    if "cross_validation" in result:
+        best = f"{result['cross_validation']['best_threshold']:.2f}"
+        for fold in result["folds"]:
+            name = f"train fold {fold['fold']} ({fold['pairs']} pairs, {fold['epochs']} epochs)"
+            lines.append(row(name, fold["scores"], "0.50"))
+        pooled = result["cross_validation"]["pooled"]
+        lines.append(row("**all train pairs, out of fold**", pooled, "0.50"))
+        lines.append(row("all train pairs, out of fold (best threshold)", pooled, best))
+        background = result["cross_validation"].get("all_background_accuracy")
+        if background is not None:
+            lines.append(
+                f"| all train pairs: all-background baseline | - | 0 | 0 | {background:.3f} |"
+            )
+    if "eval_split" in result:
+        ev = result["eval_split"]
+        name = f"eval split ({ev['pairs']} pairs, {ev['epochs']} epochs)"
+        lines.append(row(f"**{name}**", ev["scores"], "0.50"))
+        if best and best != "0.50":
+            lines.append(row(f"{name}, CV's best threshold", ev["scores"], best))
+        background = ev["all_background_accuracy"]
+        lines.append(f"| eval split: all-background baseline | - | 0 | 0 | {background:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's")
+    parser.add_argument("--only", choices=("cv", "eval"), default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--markdown-only", action="store_true", help="rewrite the .md from the existing --out"
+    )
+    args = parser.parse_args(argv)
+    if args.markdown_only:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
+        return 0
+
+    from components.config import PRESETS
+
+    config = PRESETS[args.preset]
+    # Raw probabilities: the threshold is what this script chooses.
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, decision_threshold=0.5)
+    )
+    train, evaluation = load(args.data)
+    print(f"{len(train.ids)} train pairs, {len(evaluation.ids)} eval pairs")
+    result: dict = {
+        "preset": args.preset,
+        "trainer_config": config.to_custom_config(),
+        "epochs_override": args.epochs,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "thresholds": list(THRESHOLDS),
+    }
+    if args.only != "eval":
+        folds = np.array([fold_of(i, args.folds) for i in train.ids])
+        out_of_fold = np.zeros_like(train.masks)
+        result["folds"] = []
+        for k in range(args.folds):
+            held = folds == k
+            probabilities, seconds, epochs = train_and_predict(
+                subset(train, ~held), subset(train, held), config, args.epochs
+            )
+            out_of_fold[held] = probabilities
+            fold_scores = scores(probabilities, train.masks[held])
+            result["folds"].append(
+                {
+                    "fold": k,
+                    "pairs": int(held.sum()),
+                    "seconds": round(seconds),
+                    "epochs": epochs,
+                    "scores": fold_scores,
+                }
+            )
+            print(
+                f"fold {k}: {held.sum()} pairs, IoU@0.5 {fold_scores['0.50']['iou']:.3f}, "
+                f"{seconds:.0f} s, {epochs} epochs",
+                flush=True,
+            )
+        pooled = scores(out_of_fold, train.masks)
+        best = max(pooled, key=lambda t: pooled[t]["iou"])
+        result["cross_validation"] = {
+            "pooled": pooled,
+            "best_threshold": float(best),
+            "all_background_accuracy": float(np.mean(train.masks < 0.5)),
+        }
+        print(
+            f"out-of-fold IoU: {pooled['0.50']['iou']:.3f} at 0.5, "
+            f"{pooled[best]['iou']:.3f} at the best threshold {best}"
+        )
+    if args.only != "cv":
+        probabilities, seconds, epochs = train_and_predict(train, evaluation, config, args.epochs)
+        result["eval_split"] = {
+            "pairs": len(evaluation.ids),
+            "seconds": round(seconds),
+            "epochs": epochs,
+            "all_background_accuracy": float(np.mean(evaluation.masks < 0.5)),
+            "scores": scores(probabilities, evaluation.masks),
+        }
+        print(f"eval split IoU@0.5: {result['eval_split']['scores']['0.50']['iou']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
