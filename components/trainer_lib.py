@@ -262,8 +262,12 @@ def export_serving_model(
     pixel_mean: np.ndarray,
     pixel_std: np.ndarray,
     serving_model_dir: str,
+    size_multiple: int = 1,
 ) -> None:
-    """Save the model with `serving_default`, `transform_features` and `predict_image`."""
+    """Save the model with `serving_default`, `transform_features` and `predict_image`.
+
+    `predict_image` rejects images whose sides are not multiples of `size_multiple`.
+    """
     # TFX convention: attaching the layer to the model tracks the transform graph's assets.
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
@@ -289,6 +293,17 @@ def export_serving_model(
         ]
     )
     def predict_image(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Say what is wrong in the error the client gets, instead of a shape clash deep
+        # inside the network.
+        sides = tf.shape(images)[1:3]
+        size_check = tf.debugging.assert_equal(
+            sides % size_multiple,
+            tf.zeros_like(sides),
+            message=f"{IMAGES_INPUT} must be [N, H, W, 3] with H and W multiples of "
+            f"{size_multiple}",
+        )
+        with tf.control_dependencies([size_check]):
+            images = tf.identity(images)
         return {PROBABILITIES: model(normalize(images, mean, std), training=False)}
 
     signatures = {
@@ -390,5 +405,10 @@ def run_fn(fn_args: Any) -> None:
 
     pixel_mean, pixel_std = read_normalization(fn_args.train_files, feature_spec)
     export_serving_model(
-        model, tf_transform_output, pixel_mean, pixel_std, fn_args.serving_model_dir
+        model,
+        tf_transform_output,
+        pixel_mean,
+        pixel_std,
+        fn_args.serving_model_dir,
+        size_multiple=config.model.size_multiple,
     )

@@ -116,6 +116,16 @@ def test_predict_image_takes_other_sizes(served, eval_batch) -> None:
     assert out[TL.PROBABILITIES].shape == (1, 64, 96, 1)
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 50, 64, 3), (64, 3)],
+)
+def test_predict_image_says_what_is_wrong_with_a_bad_shape(served, shape) -> None:
+    expected = r"must be \[N, H, W, 3\] with H and W multiples of 8"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.zeros(shape)})
+
+
 def test_tfma_matches_keras_metrics(trained, served, eval_batch, tmp_path) -> None:
     """The TFMA wiring the pipeline uses: transform_features for the label, our metrics."""
     import tensorflow_model_analysis as tfma
