@@ -187,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's")
     parser.add_argument("--only", choices=("cv", "eval"), default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PART.FIELD=VALUE",
+        help="change one field of the preset, e.g. --set model.base_width=24 (JSON value)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite the .md from the existing --out"
@@ -199,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     from components.config import PRESETS
 
     config = PRESETS[args.preset]
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        part, _, name = key.partition(".")
+        if part not in ("model", "train") or not value:
+            parser.error(f"--set wants model.FIELD=VALUE or train.FIELD=VALUE, got {assignment!r}")
+        try:
+            changed = dataclasses.replace(getattr(config, part), **{name: json.loads(value)})
+            config = dataclasses.replace(config, **{part: changed})
+        except (TypeError, ValueError) as err:  # unknown field, bad JSON, invalid value
+            parser.error(f"--set {assignment}: {err}")
     # Raw probabilities: the threshold is what this script chooses.
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, decision_threshold=0.5)
@@ -209,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "trainer_config": config.to_custom_config(),
         "epochs_override": args.epochs,
+        "set": args.set,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "thresholds": list(THRESHOLDS),
