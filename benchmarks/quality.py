@@ -78,7 +78,7 @@ def fold_of(pair_id: str, folds: int) -> int:
     return int.from_bytes(hashlib.sha256(f"fold:{pair_id}".encode()).digest()[:8], "big") % folds
 
 
-def train_and_predict(train: Split, held_out: Split, config, epochs: int | None):  # noqa: ANN001
+def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
     """Train the Trainer's model on `train` (early stopping on `held_out`), predict held_out."""
     import tensorflow as tf
     import tf_keras as keras
@@ -101,7 +101,7 @@ def train_and_predict(train: Split, held_out: Split, config, epochs: int | None)
     history = model.fit(
         dataset(train, True),
         validation_data=dataset(held_out, False),
-        epochs=epochs or config.train.epochs,
+        epochs=config.train.epochs,
         callbacks=[trainer_lib.early_stopping(config.train)],
         verbose=0,
     )
@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(config, **{part: changed})
         except (TypeError, ValueError) as err:  # unknown field, bad JSON, invalid value
             parser.error(f"--set {assignment}: {err}")
+    if args.epochs:
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, epochs=args.epochs)
+        )
     # Raw probabilities: the threshold is what this script chooses.
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, decision_threshold=0.5)
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.folds):
             held = folds == k
             probabilities, seconds, epochs = train_and_predict(
-                subset(train, ~held), subset(train, held), config, args.epochs
+                subset(train, ~held), subset(train, held), config
             )
             out_of_fold[held] = probabilities
             fold_scores = scores(probabilities, train.masks[held])
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{pooled[best]['iou']:.3f} at the best threshold {best}"
         )
     if args.only != "cv":
-        probabilities, seconds, epochs = train_and_predict(train, evaluation, config, args.epochs)
+        probabilities, seconds, epochs = train_and_predict(train, evaluation, config)
         result["eval_split"] = {
             "pairs": len(evaluation.ids),
             "seconds": round(seconds),
