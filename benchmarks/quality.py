@@ -105,6 +105,7 @@ def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
         callbacks=[trainer_lib.early_stopping(config.train)],
         verbose=0,
     )
+    trainer_lib.finish_training(model, config.train, dataset(train, False))
     seconds = time.monotonic() - started
     probabilities = model.predict(
         normalize(held_out.images, mean, std), batch_size=config.train.batch_size, verbose=0

@@ -44,7 +44,7 @@ def test_partial_dicts_fill_in_defaults() -> None:
 def test_study_preset_is_the_original_network() -> None:
     study = preset("study")
     assert study.model.widths()[:4] == [64, 128, 256, 512]
-    assert study.model.depth == 4
+    assert study.model.depth == 4 and study.model.encoder == "unet"
     assert study.model.batch_norm
     assert study.model.loss == "bce"
     assert (study.train.learning_rate, study.train.batch_size, study.train.epochs) == (1e-3, 6, 5)
@@ -54,7 +54,14 @@ def test_study_preset_is_the_original_network() -> None:
 def test_cpu_preset_is_small() -> None:
     cpu = preset("cpu")
     assert cpu.model.base_width == 16
+    assert cpu.model.encoder == "mobilenet_v2" and cpu.model.pretrained
     assert cpu.train.crop_size is None or cpu.train.crop_size % cpu.model.size_multiple == 0
+
+
+def test_mobilenet_v2_sizes_and_json_widths() -> None:
+    config = ModelConfig(encoder="mobilenet_v2", input_downsample=2, depth=3)
+    assert config.size_multiple == 64  # five halvings whatever `depth` says, then 2x
+    assert ModelConfig.from_dict({"decoder_widths": [8, 8, 8, 8]}).decoder_widths == (8, 8, 8, 8)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +74,8 @@ def test_cpu_preset_is_small() -> None:
         lambda: TrainConfig(learning_rate=0.0),
         lambda: TrainConfig(ema_momentum=1.0),
         lambda: ModelConfig(decision_threshold=0.0),
+        lambda: ModelConfig(encoder="resnet50"),
+        lambda: ModelConfig(decoder_widths=(64, 32)),
         lambda: TransformConfig(tile_size=0),
         lambda: TrainerConfig(model=ModelConfig(depth=3), train=TrainConfig(crop_size=100)),
         lambda: ModelConfig.from_dict({"depht": 3}),

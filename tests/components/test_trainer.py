@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components import metrics as M
@@ -20,15 +21,13 @@ from tests.components import synthetic
 
 EPOCHS = 2
 TINY = TrainerConfig(
-    model=ModelConfig(depth=2, base_width=4),
+    model=ModelConfig(encoder="unet", depth=2, base_width=4),
     train=TrainConfig(epochs=EPOCHS, batch_size=4, crop_size=16, max_figures=2),
 )
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, transform_run) -> FnArgs:
-    out = tmp_path_factory.mktemp("trainer")
+def _run_fn(out: Path, transform_run, config: TrainerConfig) -> FnArgs:
     fn_args = FnArgs(
         train_files=[transform_run.transformed_files[synthetic.TRAIN]],
         eval_files=[transform_run.transformed_files[synthetic.EVAL]],
@@ -36,10 +35,15 @@ def trained(tmp_path_factory, transform_run) -> FnArgs:
         transform_output=transform_run.transform_output,
         serving_model_dir=str(out / "serving_model"),
         model_run_dir=str(out / "model_run"),
-        custom_config=json.loads(json.dumps(TINY.to_custom_config())),  # as TFX delivers it
+        custom_config=json.loads(json.dumps(config.to_custom_config())),  # as TFX delivers it
     )
     TL.run_fn(fn_args)
     return fn_args
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, transform_run) -> FnArgs:
+    return _run_fn(tmp_path_factory.mktemp("trainer"), transform_run, TINY)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +208,7 @@ def test_display_rgb_reverses_band_order() -> None:
 def test_weight_averaging_exports_the_average(ema_momentum) -> None:
     """With an (almost) frozen average the trained weights stay at their start; without, not."""
     config = TrainerConfig(
-        model=ModelConfig(depth=1, base_width=2, batch_norm=False, dropout=0.0),
+        model=ModelConfig(encoder="unet", depth=1, base_width=2, batch_norm=False, dropout=0.0),
         train=TrainConfig(epochs=3, batch_size=2, learning_rate=0.05, ema_momentum=ema_momentum),
     )
     model = TL.compile_model(config)
@@ -218,3 +222,44 @@ def test_weight_averaging_exports_the_average(ema_momentum) -> None:
         assert moved > 1e-2
     else:
         assert moved < 1e-3
+
+
+def test_pretrained_mobilenet_v2_trains_and_exports(tmp_path, transform_run, eval_batch) -> None:
+    """The ImageNet encoder through run_fn: exported, and its signatures agree."""
+    config = TrainerConfig(
+        model=ModelConfig(
+            encoder="mobilenet_v2", decoder_widths=(8, 8, 8, 8), base_width=4, input_downsample=1
+        ),
+        train=TrainConfig(epochs=1, batch_size=4, max_figures=0),
+    )
+    served = tf.saved_model.load(_run_fn(tmp_path, transform_run, config).serving_model_dir)
+    examples, images, _ = eval_batch
+    from_examples = served.signatures[TL.SERVING_DEFAULT](**{TL.EXAMPLES_INPUT: examples})
+    from_pixels = served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.constant(images)})
+    # the two paths normalise with float32 ops in a different order; 50 layers amplify it
+    np.testing.assert_allclose(
+        from_examples[TL.PROBABILITIES].numpy(), from_pixels[TL.PROBABILITIES].numpy(), atol=2e-4
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 32"):
+        served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.zeros((1, 48, 64, 3))})
+
+
+def test_batch_norm_recalibration_averages_each_batch_and_skips_frozen_layers() -> None:
+    x = keras.Input((4, 4, 2))
+    frozen = keras.layers.BatchNormalization(momentum=0.9, name="frozen")
+    fitted = keras.layers.BatchNormalization(momentum=0.9, name="fitted")
+    model = keras.Model(x, fitted(frozen(x)))
+    frozen.trainable = False
+    fitted.moving_mean.assign([100.0, 100.0])
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, 2.0, size=(64, 4, 4, 2)).astype(np.float32) for loc in (1.0, 3.0)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.concatenate(batches), np.zeros((128, 4, 4, 1), np.float32))
+    ).batch(64)
+    assert TL.recalibrate_batch_norm(model, dataset) == 1
+    # the frozen layer passes inputs through (mean 0, variance 1): the average of batch means
+    want = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    np.testing.assert_allclose(fitted.moving_mean.numpy(), want, rtol=1e-3)
+    assert np.all(np.abs(fitted.moving_variance.numpy() - 4.0) < 0.5)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), [0.0, 0.0])
+    assert fitted.momentum == 0.9

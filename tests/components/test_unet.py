@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tf_keras as keras
 
+from components import pretrained
 from components.config import ModelConfig
-from components.unet import build_unet, shift_decision_threshold
+from components.unet import build_model, shift_decision_threshold
 
-TINY = ModelConfig(depth=2, base_width=4, batch_norm=True, dropout=0.1)
+TINY = ModelConfig(encoder="unet", depth=2, base_width=4, batch_norm=True, dropout=0.1)
 
 
 def test_output_is_a_probability_map_of_the_input_size() -> None:
-    model = build_unet(TINY)
+    model = build_model(TINY)
     for shape in [(2, 32, 32, 3), (1, 64, 48, 3)]:
         probabilities = model.predict_on_batch(np.random.rand(*shape).astype(np.float32))
         assert probabilities.shape == shape[:3] + (1,)
@@ -21,7 +24,7 @@ def test_output_is_a_probability_map_of_the_input_size() -> None:
 
 
 def test_widths_double_per_level() -> None:
-    model = build_unet(ModelConfig(depth=3, base_width=8))
+    model = build_model(ModelConfig(encoder="unet", depth=3, base_width=8))
     filters = {
         layer.name: layer.filters
         for layer in model.layers
@@ -33,11 +36,13 @@ def test_widths_double_per_level() -> None:
 
 
 def test_batch_norm_and_dropout_are_optional() -> None:
-    plain = build_unet(ModelConfig(depth=2, base_width=4, batch_norm=False, dropout=0.0))
+    plain = build_model(
+        ModelConfig(encoder="unet", depth=2, base_width=4, batch_norm=False, dropout=0.0)
+    )
     kinds = {type(layer) for layer in plain.layers}
     assert keras.layers.BatchNormalization not in kinds
     assert keras.layers.Dropout not in kinds
-    layers = build_unet(TINY).layers
+    layers = build_model(TINY).layers
     assert {keras.layers.BatchNormalization, keras.layers.Dropout} <= {type(x) for x in layers}
     norms = [x for x in layers if isinstance(x, keras.layers.BatchNormalization)]
     assert all(x.momentum == TINY.batch_norm_momentum for x in norms)
@@ -45,21 +50,24 @@ def test_batch_norm_and_dropout_are_optional() -> None:
 
 def test_static_size_must_be_a_multiple_of_2_to_the_depth() -> None:
     with pytest.raises(ValueError, match="multiple"):
-        build_unet(TINY, input_shape=(30, 32, 3))
+        build_model(TINY, input_shape=(30, 32, 3))
 
 
 def test_input_downsample_keeps_the_output_size_and_raises_the_size_multiple() -> None:
-    config = ModelConfig(depth=2, base_width=4, input_downsample=2)
+    config = ModelConfig(encoder="unet", depth=2, base_width=4, input_downsample=2)
     assert config.size_multiple == 8
-    model = build_unet(config)
+    model = build_model(config)
     out = model(np.zeros((1, 24, 40, 3), np.float32))
     assert out.shape == (1, 24, 40, 1)
     with pytest.raises(ValueError, match="multiple of 8"):
-        build_unet(config, input_shape=(20, 24, 3))
+        build_model(config, input_shape=(20, 24, 3))
 
 
 def test_shifted_threshold_moves_the_half_cut_and_keeps_the_ranking() -> None:
-    model = build_unet(ModelConfig(depth=1, base_width=2, batch_norm=False, dropout=0.0))
+    keras.utils.set_random_seed(0)  # a tiny ReLU net can tie pixels for some initialisations
+    model = build_model(
+        ModelConfig(encoder="unet", depth=1, base_width=2, batch_norm=False, dropout=0.0)
+    )
     images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
     raw = model.predict(images, verbose=0)
     ordered = np.sort(raw, axis=None)
@@ -73,6 +81,41 @@ def test_shifted_threshold_moves_the_half_cut_and_keeps_the_ranking() -> None:
 
 
 def test_shifted_threshold_must_be_a_probability() -> None:
-    model = build_unet(ModelConfig(depth=1, base_width=2))
+    model = build_model(ModelConfig(encoder="unet", depth=1, base_width=2))
     with pytest.raises(ValueError, match="threshold"):
         shift_decision_threshold(model, 1.0)
+
+
+SMALL_MOBILENET = ModelConfig(
+    encoder="mobilenet_v2", decoder_widths=(8, 8, 8, 8), base_width=4, input_downsample=1
+)
+
+
+def test_mobilenet_v2_unet_keeps_the_size_and_checks_it() -> None:
+    model = build_model(SMALL_MOBILENET)
+    probabilities = model.predict_on_batch(np.random.rand(1, 64, 96, 3).astype(np.float32))
+    assert probabilities.shape == (1, 64, 96, 1)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model(SMALL_MOBILENET, input_shape=(48, 64, 3))
+
+
+def test_mobilenet_v2_encoder_starts_from_imagenet_with_torch_batch_norm() -> None:
+    encoder = build_model(SMALL_MOBILENET).get_layer("mobilenet_v2")
+    imagenet = pretrained.mobilenet_v2_weights()
+    for name in ("block_8_expand", "block_8_expand_BN", "Conv_1"):
+        for got, want in zip(encoder.get_layer(name).get_weights(), imagenet[name], strict=True):
+            np.testing.assert_array_equal(got, want)
+    norms = [x for x in encoder.layers if isinstance(x, keras.layers.BatchNormalization)]
+    assert {(x.epsilon, x.momentum) for x in norms} == {
+        (pretrained.TORCH_BN_EPSILON, SMALL_MOBILENET.batch_norm_momentum)
+    }
+
+
+def test_mobilenet_v2_from_scratch_does_not_need_the_weights(monkeypatch) -> None:
+    def unavailable():
+        raise AssertionError("pretrained=False must not read the weights file")
+
+    monkeypatch.setattr(pretrained, "weights_path", unavailable)
+    config = dataclasses.replace(SMALL_MOBILENET, pretrained=False)
+    assert build_model(config)(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 1)

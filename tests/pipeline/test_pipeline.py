@@ -115,7 +115,7 @@ def test_raw_digital_numbers_stop_the_run_before_training(tmp_path):
 
 @pytest.mark.realdata
 def test_real_data_smoke_run(real_data, tmp_path):
-    """A few real pairs through the whole pipeline at 448 x 448 with a tiny network."""
+    """A few real pairs through the whole pipeline at 448 x 448, ImageNet encoder included."""
     data = tmp_path / "data"
     ids = sorted(p.stem[len("img_") :] for p in (real_data / "img").glob("img_*.tif"))[:12]
     for sub, prefix in (("img", "img_"), ("mask", "mask_")):
@@ -127,7 +127,9 @@ def test_real_data_smoke_run(real_data, tmp_path):
         output_dir=tmp_path / "outputs",
         serving_dir=tmp_path / "serving",
         trainer_override=TrainerConfig(
-            model=ModelConfig(depth=4, base_width=4), train=TrainConfig(epochs=1, batch_size=2)
+            # the default (pretrained MobileNetV2) encoder with a narrow decoder
+            model=ModelConfig(decoder_widths=(8, 8, 8, 8), base_width=4),
+            train=TrainConfig(epochs=1, batch_size=2),
         ),
         thresholds=Thresholds(min_pixel_accuracy=0.0, min_iou=0.0),
     )
