@@ -49,7 +49,9 @@ class _TensorRef:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any):
+def _rebuild_tensor(
+    storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any
+) -> _TensorRef:
     return _TensorRef(storage, offset, tuple(size), tuple(stride))
 
 
@@ -72,21 +74,26 @@ class _StateDictUnpickler(pickle.Unpickler):
 
 def read_legacy_state_dict(handle: IO[bytes]) -> dict[str, np.ndarray]:
     """Tensors of a state_dict saved by `torch.save` in the legacy (non-zip) format."""
-    if pickle.load(handle) != _LEGACY_MAGIC:  # noqa: S301 - a number, checked before anything
+    # The three headers are plain values, but go through the guarded unpickler all the same.
+    if _StateDictUnpickler(handle).load() != _LEGACY_MAGIC:
         raise ValueError("not a legacy PyTorch file (bad magic number)")
-    pickle.load(handle)  # protocol version  # noqa: S301
-    pickle.load(handle)  # sys info  # noqa: S301
+    _StateDictUnpickler(handle).load()  # protocol version
+    _StateDictUnpickler(handle).load()  # sys info
     state = _StateDictUnpickler(handle).load()
     refs = {name: ref for name, ref in state.items() if isinstance(ref, _TensorRef)}
     storages = {ref.storage.key: ref.storage for ref in refs.values()}
     buffers = {}
-    for key in pickle.load(handle):  # noqa: S301 - a list of storage keys
+    for key in _StateDictUnpickler(handle).load():  # the storage keys, in file order
         dtype = np.dtype(storages[key].dtype)
         (count,) = struct.unpack("<q", handle.read(8))
         buffers[key] = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype)
     tensors = {}
     for name, ref in refs.items():
         data = buffers[ref.storage.key][ref.offset :]
+        # as_strided reads whatever memory the strides point at: check the extent first.
+        extent = 1 + sum((n - 1) * step for n, step in zip(ref.size, ref.stride, strict=True))
+        if min(ref.size, default=1) > 0 and (min(ref.stride, default=0) < 0 or extent > data.size):
+            raise ValueError(f"tensor {name!r} reaches past the end of its storage")
         strides = [step * data.itemsize for step in ref.stride]
         tensors[name] = np.lib.stride_tricks.as_strided(data, ref.size, strides).copy()
     return tensors

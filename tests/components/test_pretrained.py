@@ -87,6 +87,12 @@ def test_reader_honours_offset_and_strides(monkeypatch) -> None:
     np.testing.assert_array_equal(tensors["offset"], [[2, 3], [4, 5]])
 
 
+def test_reader_refuses_a_tensor_larger_than_its_storage(monkeypatch) -> None:
+    raw = _legacy_file({"past_the_end": (np.arange(12), 2, (3, 4), (4, 1))}, monkeypatch)
+    with pytest.raises(ValueError, match="'past_the_end' reaches past the end"):
+        P.read_legacy_state_dict(io.BytesIO(raw))
+
+
 def test_reader_refuses_code_in_the_pickle() -> None:
     out = io.BytesIO()
     for header in (MAGIC, 1001, {}):
