@@ -102,15 +102,36 @@ def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
         dataset(train, True),
         validation_data=dataset(held_out, False),
         epochs=config.train.epochs,
-        callbacks=[trainer_lib.early_stopping(config.train)],
+        callbacks=trainer_lib.fit_callbacks(config.train),
         verbose=0,
     )
     trainer_lib.finish_training(model, config.train, dataset(train, False))
     seconds = time.monotonic() - started
-    probabilities = model.predict(
-        normalize(held_out.images, mean, std), batch_size=config.train.batch_size, verbose=0
+    return (
+        predict_all(model, normalize(held_out.images, mean, std), config),
+        seconds,
+        len(history.history["loss"]),
     )
-    return probabilities, seconds, len(history.history["loss"])
+
+
+def predict_all(model, images: np.ndarray, config) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Probabilities under every test-time augmentation mode, from the same trained model."""
+    import tensorflow as tf
+
+    from components.config import TEST_TIME_AUGMENTATIONS
+    from components.unet import symmetry_average
+
+    out = {}
+    for mode in TEST_TIME_AUGMENTATIONS:
+        predict = tf.function(
+            lambda x, mode=mode: symmetry_average(model, x, mode), reduce_retracing=True
+        )
+        batches = [
+            predict(tf.constant(images[i : i + config.train.batch_size])).numpy()
+            for i in range(0, len(images), config.train.batch_size)
+        ]
+        out[mode] = np.concatenate(batches)
+    return out
 
 
 def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:
@@ -165,6 +186,13 @@ def markdown(result: dict) -> str:
         pooled = result["cross_validation"]["pooled"]
         lines.append(row("**all train pairs, out of fold**", pooled, "0.50"))
         lines.append(row("all train pairs, out of fold (best threshold)", pooled, best))
+        for mode, by_threshold in (
+            result["cross_validation"].get("test_time_augmentation", {}).items()
+        ):
+            if by_threshold != pooled:
+                lines.append(
+                    row(f"all train pairs, out of fold, TTA `{mode}`", by_threshold, "0.50")
+                )
         background = result["cross_validation"].get("all_background_accuracy")
         if background is not None:
             lines.append(
@@ -176,6 +204,9 @@ def markdown(result: dict) -> str:
         lines.append(row(f"**{name}**", ev["scores"], "0.50"))
         if best and best != "0.50":
             lines.append(row(f"{name}, CV's best threshold", ev["scores"], best))
+        for mode, by_threshold in ev.get("test_time_augmentation", {}).items():
+            if by_threshold != ev["scores"]:
+                lines.append(row(f"{name}, TTA `{mode}`", by_threshold, "0.50"))
         background = ev["all_background_accuracy"]
         lines.append(f"| eval split: all-background baseline | - | 0 | 0 | {background:.3f} |")
     return "\n".join(lines) + "\n"
@@ -193,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PART.FIELD=VALUE",
-        help="change one field of the preset, e.g. --set model.base_width=24 (JSON value)",
+        help="change one field of the preset, as `tailings run --set`: model.base_width=24",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
@@ -204,19 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.read_text())))
         return 0
 
-    from components.config import PRESETS
+    from components.config import PRESETS, with_overrides
 
     config = PRESETS[args.preset]
-    for assignment in args.set:
-        key, _, value = assignment.partition("=")
-        part, _, name = key.partition(".")
-        if part not in ("model", "train") or not value:
-            parser.error(f"--set wants model.FIELD=VALUE or train.FIELD=VALUE, got {assignment!r}")
-        try:
-            changed = dataclasses.replace(getattr(config, part), **{name: json.loads(value)})
-            config = dataclasses.replace(config, **{part: changed})
-        except (TypeError, ValueError) as err:  # unknown field, bad JSON, invalid value
-            parser.error(f"--set {assignment}: {err}")
+    try:
+        config = with_overrides(config, args.set)
+    except ValueError as err:
+        parser.error(f"--set {err}")
     if args.epochs:
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, epochs=args.epochs)
@@ -236,17 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "thresholds": list(THRESHOLDS),
     }
+    own = config.model.test_time_augmentation  # what the exported model would serve
     if args.only != "eval":
         folds = np.array([fold_of(i, args.folds) for i in train.ids])
-        out_of_fold = np.zeros_like(train.masks)
+        out_of_fold: dict[str, np.ndarray] = {}
         result["folds"] = []
         for k in range(args.folds):
             held = folds == k
-            probabilities, seconds, epochs = train_and_predict(
+            by_mode, seconds, epochs = train_and_predict(
                 subset(train, ~held), subset(train, held), config
             )
-            out_of_fold[held] = probabilities
-            fold_scores = scores(probabilities, train.masks[held])
+            for mode, probabilities in by_mode.items():
+                out_of_fold.setdefault(mode, np.zeros_like(train.masks))[held] = probabilities
+            fold_scores = scores(by_mode[own], train.masks[held])
             result["folds"].append(
                 {
                     "fold": k,
@@ -256,32 +283,47 @@ def main(argv: list[str] | None = None) -> int:
                     "scores": fold_scores,
                 }
             )
+            fold_tta = {m: scores(p, train.masks[held])["0.50"]["iou"] for m, p in by_mode.items()}
             print(
-                f"fold {k}: {held.sum()} pairs, IoU@0.5 {fold_scores['0.50']['iou']:.3f}, "
-                f"{seconds:.0f} s, {epochs} epochs",
+                f"fold {k}: {held.sum()} pairs, IoU@0.5 {fold_scores['0.50']['iou']:.3f} "
+                f"(by test-time augmentation: {json.dumps(fold_tta)}), {seconds:.0f} s, "
+                f"{epochs} epochs",
                 flush=True,
             )
-        pooled = scores(out_of_fold, train.masks)
+        by_tta = {mode: scores(p, train.masks) for mode, p in out_of_fold.items()}
+        pooled = by_tta[own]
         best = max(pooled, key=lambda t: pooled[t]["iou"])
         result["cross_validation"] = {
             "pooled": pooled,
             "best_threshold": float(best),
             "all_background_accuracy": float(np.mean(train.masks < 0.5)),
+            "test_time_augmentation": by_tta,
         }
         print(
             f"out-of-fold IoU: {pooled['0.50']['iou']:.3f} at 0.5, "
-            f"{pooled[best]['iou']:.3f} at the best threshold {best}"
+            f"{pooled[best]['iou']:.3f} at the best threshold {best}; by test-time "
+            "augmentation: " + ", ".join(f"{m} {v['0.50']['iou']:.3f}" for m, v in by_tta.items())
         )
     if args.only != "cv":
-        probabilities, seconds, epochs = train_and_predict(train, evaluation, config)
+        by_mode, seconds, epochs = train_and_predict(train, evaluation, config)
         result["eval_split"] = {
             "pairs": len(evaluation.ids),
             "seconds": round(seconds),
             "epochs": epochs,
             "all_background_accuracy": float(np.mean(evaluation.masks < 0.5)),
-            "scores": scores(probabilities, evaluation.masks),
+            "scores": scores(by_mode[own], evaluation.masks),
+            "test_time_augmentation": {
+                mode: scores(p, evaluation.masks) for mode, p in by_mode.items()
+            },
         }
-        print(f"eval split IoU@0.5: {result['eval_split']['scores']['0.50']['iou']:.3f}")
+        print(
+            f"eval split IoU@0.5: {result['eval_split']['scores']['0.50']['iou']:.3f}; by "
+            "test-time augmentation: "
+            + ", ".join(
+                f"{m} {v['0.50']['iou']:.3f}"
+                for m, v in result["eval_split"]["test_time_augmentation"].items()
+            )
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

@@ -7,12 +7,18 @@ The dataclasses are plain JSON-able values so they can travel through TFX `custo
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 Loss = Literal["bce", "bce_dice"]
 LOSSES: tuple[str, ...] = ("bce", "bce_dice")
 Encoder = Literal["unet", "mobilenet_v2"]
+LrSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+TestTimeAugmentation = Literal["none", "flips", "d4"]
+TEST_TIME_AUGMENTATIONS: tuple[str, ...] = ("none", "flips", "d4")
 ENCODERS: tuple[str, ...] = ("unet", "mobilenet_v2")
 MOBILENET_V2_DEPTH = 5  # MobileNetV2 halves the resolution five times (output stride 32)
 
@@ -54,13 +60,18 @@ class ModelConfig:
     # Raw probability that the exported model's 0.5 stands for (see unet.shift_decision_
     # threshold); chosen by cross-validation inside the train split, never on the eval split.
     decision_threshold: float = 0.5
+    # Average the probabilities over flipped/rotated copies of the input in the exported model
+    # (every signature, so the Evaluator scores what is served): "flips" = 4 passes, "d4" = 8.
+    test_time_augmentation: TestTimeAugmentation = "none"
 
     def __post_init__(self) -> None:
         # JSON (TFX custom_config) turns tuples into lists; keep the frozen value hashable.
         object.__setattr__(self, "decoder_widths", tuple(self.decoder_widths))
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if len(self.decoder_widths) != MOBILENET_V2_DEPTH - 1 or min(self.decoder_widths) < 1:
+        if self.encoder == "mobilenet_v2" and (
+            len(self.decoder_widths) != MOBILENET_V2_DEPTH - 1 or min(self.decoder_widths) < 1
+        ):
             raise ValueError(
                 f"decoder_widths must be {MOBILENET_V2_DEPTH - 1} positive widths, "
                 f"got {self.decoder_widths}"
@@ -79,6 +90,11 @@ class ModelConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.input_downsample < 1:
             raise ValueError(f"input_downsample must be >= 1, got {self.input_downsample}")
+        if self.test_time_augmentation not in TEST_TIME_AUGMENTATIONS:
+            raise ValueError(
+                f"test_time_augmentation must be one of {TEST_TIME_AUGMENTATIONS}, "
+                f"got {self.test_time_augmentation!r}"
+            )
         if not 0.0 < self.decision_threshold < 1.0:
             raise ValueError(f"decision_threshold must be in (0, 1), got {self.decision_threshold}")
 
@@ -117,6 +133,8 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 4
     learning_rate: float = 5e-4  # fine-tuning pretrained weights: half the scratch U-Net's
+    # "cosine": learning_rate * (1 + cos(pi * epoch / epochs)) / 2, set per epoch.
+    lr_schedule: LrSchedule = "constant"
     early_stopping_patience: int = 12  # epochs without val_loss improvement
     # Export an exponential moving average of the weights (None: the last/best weights). With
     # ~18 steps per epoch, single-epoch weights swing the eval IoU by +-0.05 from epoch to
@@ -124,24 +142,33 @@ class TrainConfig:
     ema_momentum: float | None = 0.99
     augment_flip: bool = True  # random left-right and up-down flips
     augment_rot90: bool = True  # random multiples of 90 degrees
+    # Std of a random per-band log-gain and offset applied to the normalised image (0: off).
+    augment_color: float = 0.0
     crop_size: int | None = None  # random square crops of this side for training; None = tile
     steps_per_epoch: int | None = None  # None: one pass over the train split (or TrainArgs)
     validation_steps: int | None = None  # None: one pass over the eval split (or EvalArgs)
     shuffle_buffer: int = 128
+    # After weight averaging, BatchNorm statistics are re-estimated over at most this many
+    # training batches (the whole 73-tile split here; a cap for large datasets).
+    recalibration_batches: int = 256
     cache: bool = True  # keep parsed examples in memory (90 tiles of 448^2 are ~300 MB)
     seed: int = 42
     max_figures: int = 32  # eval examples drawn as RGB | truth | prediction figures
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "shuffle_buffer"):
+        for name in ("epochs", "batch_size", "shuffle_buffer", "recalibration_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.early_stopping_patience < 0:
             raise ValueError("early_stopping_patience must be >= 0")
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.ema_momentum}")
+        if self.augment_color < 0:
+            raise ValueError(f"augment_color must be >= 0, got {self.augment_color}")
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
         if self.max_figures < 0:
@@ -242,6 +269,38 @@ def preset(name: str = DEFAULT_PRESET) -> TrainerConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+def with_overrides(config: TrainerConfig, assignments: Sequence[str]) -> TrainerConfig:
+    """Apply `model.FIELD=VALUE` / `train.FIELD=VALUE` changes in order (`tailings run --set`).
+
+    VALUE is JSON (`0.5`, `null`, `[8, 8, 8, 8]`, `"flips"`); anything that is not JSON is
+    taken as a string, so `model.encoder=unet` works unquoted. Every change is validated
+    as the dataclasses validate their defaults.
+    """
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        part, _, name = key.strip().partition(".")
+        if not equals or part not in (MODEL_KEY, TRAIN_KEY) or not name:
+            raise ValueError(f"{assignment!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
+        section = getattr(config, part)
+        known = {f.name for f in dataclasses.fields(section)}
+        if name not in known:
+            raise ValueError(
+                f"{assignment!r}: {type(section).__name__} has no field {name!r}; "
+                f"known: {sorted(known)}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        try:
+            config = dataclasses.replace(
+                config, **{part: dataclasses.replace(section, **{name: value})}
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{assignment!r}: {err}") from None
+    return config
 
 
 _T = TypeVar("_T")

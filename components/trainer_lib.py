@@ -10,8 +10,10 @@ Signatures of the exported SavedModel (all return `probabilities` [N,H,W,1]):
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -34,7 +36,12 @@ from components.transform_lib import (
     SERVING_INPUT_KEYS,
     normalize,
 )
-from components.unet import OUTPUT_NAME, build_model, shift_decision_threshold
+from components.unet import (
+    OUTPUT_NAME,
+    build_model,
+    shift_decision_threshold,
+    symmetry_average,
+)
 from schemas import features
 
 # Signature and tensor names of the exported model.
@@ -60,6 +67,7 @@ PANEL_INCHES = 4.0
 
 TFRECORD_COMPRESSION = "GZIP"  # what TFX Transform writes
 SEED_PARTS = 4  # crop, left-right flip, up-down flip, rotation
+COLOR_SEED_STREAM = 1  # jitter_bands' seeds: folded in, apart from the geometric ones
 
 
 def _list_files(patterns: Sequence[str]) -> list[str]:
@@ -77,7 +85,8 @@ def _records(patterns: Sequence[str]) -> tf.data.Dataset:
 def augment(
     image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: TrainConfig
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Same random crop / flips / 90-degree rotation for an image [H,W,C] and its mask.
+    """Same random crop / flips / 90-degree rotation for an image [H,W,C] and its mask,
+    then (image only) the band jitter of `config.augment_color`.
 
     Stateless ops keyed by `seed` ([2] ints) keep runs reproducible.
     """
@@ -93,7 +102,26 @@ def augment(
     if config.augment_rot90:
         quarter_turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
         stacked = tf.image.rot90(stacked, quarter_turns)
-    return stacked[..., :channels], stacked[..., channels:]
+    image, mask = stacked[..., :channels], stacked[..., channels:]
+    if config.augment_color > 0:
+        image = jitter_bands(image, seed, config.augment_color)
+    return image, mask
+
+
+def jitter_bands(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """Random per-band gain exp(N(0, s)) and offset N(0, s) of a normalised image [H,W,C].
+
+    Stands in for what differs between scenes and sites (haze, season, sun angle, sensor
+    A/B) so the network leans less on exact band levels. Its own seed stream (folded from
+    `seed`), so switching it on leaves the geometric augmentation unchanged.
+    """
+    gain_seed, offset_seed = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, COLOR_SEED_STREAM), num=2
+    )
+    bands = image.shape[-1:]
+    gain = tf.exp(tf.random.stateless_normal(bands, gain_seed, stddev=strength))
+    offset = tf.random.stateless_normal(bands, offset_seed, stddev=strength)
+    return image * tf.cast(gain, image.dtype) + tf.cast(offset, image.dtype)
 
 
 def make_dataset(
@@ -210,8 +238,12 @@ def plot_predictions(
     out_dir: str,
     max_figures: int,
     batch_size: int,
+    test_time_augmentation: str = "none",
 ) -> list[str]:
-    """One PNG per eval example, as in the study: RGB | ground truth | prediction."""
+    """One PNG per eval example, as in the study: RGB | ground truth | prediction.
+
+    The prediction is the exported model's (same test-time augmentation).
+    """
     from matplotlib.figure import Figure
 
     if max_figures == 0:
@@ -226,7 +258,7 @@ def plot_predictions(
     )
     paths = []
     for batch in dataset:
-        probabilities = model.predict_on_batch(batch[IMAGE_XF])
+        probabilities = symmetry_average(model, batch[IMAGE_XF], test_time_augmentation).numpy()
         reflectance = (
             batch[IMAGE_XF].numpy() * batch[PIXEL_STD].numpy()[:, None, None, :]
             + batch[PIXEL_MEAN].numpy()[:, None, None, :]
@@ -263,11 +295,18 @@ def export_serving_model(
     pixel_std: np.ndarray,
     serving_model_dir: str,
     size_multiple: int = 1,
+    test_time_augmentation: str = "none",
 ) -> None:
     """Save the model with `serving_default`, `transform_features` and `predict_image`.
 
-    `predict_image` rejects images whose sides are not multiples of `size_multiple`.
+    `predict_image` rejects images whose sides are not multiples of `size_multiple`. Both
+    prediction signatures average over `test_time_augmentation`'s transforms, so TFMA scores
+    exactly what TF Serving returns.
     """
+
+    def probabilities(images: tf.Tensor) -> tf.Tensor:
+        return symmetry_average(model, images, test_time_augmentation)
+
     # TFX convention: attaching the layer to the model tracks the transform graph's assets.
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
@@ -281,7 +320,7 @@ def export_serving_model(
     @tf.function(input_signature=examples_signature)
     def serve_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         transformed = model.tft_layer(tf.io.parse_example(examples, serving_spec))
-        return {PROBABILITIES: model(transformed[IMAGE_XF], training=False)}
+        return {PROBABILITIES: probabilities(transformed[IMAGE_XF])}
 
     @tf.function(input_signature=examples_signature)
     def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -304,7 +343,7 @@ def export_serving_model(
         )
         with tf.control_dependencies([size_check]):
             images = tf.identity(images)
-        return {PROBABILITIES: model(normalize(images, mean, std), training=False)}
+        return {PROBABILITIES: probabilities(normalize(images, mean, std))}
 
     signatures = {
         SERVING_DEFAULT: serve_examples,
@@ -360,9 +399,12 @@ def recalibrate_batch_norm(model: keras.Model, batches: tf.data.Dataset) -> int:
 
 
 def finish_training(model: keras.Model, config: TrainConfig, batches: tf.data.Dataset) -> None:
-    """After fit(): BatchNorm statistics that match the averaged weights, if averaging."""
+    """After fit(): BatchNorm statistics that match the averaged weights, if averaging.
+
+    Reads at most `config.recalibration_batches` batches of `batches`.
+    """
     if config.ema_momentum is not None:
-        recalibrate_batch_norm(model, batches)
+        recalibrate_batch_norm(model, batches.take(config.recalibration_batches))
 
 
 def early_stopping(config: TrainConfig) -> keras.callbacks.EarlyStopping:
@@ -374,6 +416,25 @@ def early_stopping(config: TrainConfig) -> keras.callbacks.EarlyStopping:
         # would throw the average away.
         restore_best_weights=config.ema_momentum is None,
     )
+
+
+def scheduled_learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of `epoch` (0-based) under `config.lr_schedule`."""
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+
+
+def fit_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    """Early stopping, plus the per-epoch learning-rate schedule when it is not constant."""
+    callbacks: list[keras.callbacks.Callback] = [early_stopping(config)]
+    if config.lr_schedule != "constant":
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch: scheduled_learning_rate(config, epoch)
+            )
+        )
+    return callbacks
 
 
 def run_fn(fn_args: Any) -> None:
@@ -407,7 +468,7 @@ def run_fn(fn_args: Any) -> None:
 
     model = compile_model(config)
     callbacks = [
-        early_stopping(train_config),
+        *fit_callbacks(train_config),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
     ]
     history = model.fit(
@@ -420,8 +481,10 @@ def run_fn(fn_args: Any) -> None:
         verbose=2,
     )
 
+    # One pass: caching it would hold a second in-memory copy of the train split.
+    once = dataclasses.replace(train_config, cache=False)
     finish_training(
-        model, train_config, make_dataset(fn_args.train_files, feature_spec, train_config, False)
+        model, train_config, make_dataset(fn_args.train_files, feature_spec, once, False)
     )
     # After training (the loss needs the raw probabilities), before figures and export.
     shift_decision_threshold(model, config.model.decision_threshold)
@@ -439,6 +502,7 @@ def run_fn(fn_args: Any) -> None:
         os.path.join(run_dir, FIGURES_DIR),
         max_figures=train_config.max_figures,
         batch_size=train_config.batch_size,
+        test_time_augmentation=config.model.test_time_augmentation,
     )
 
     pixel_mean, pixel_std = read_normalization(fn_args.train_files, feature_spec)
@@ -449,4 +513,5 @@ def run_fn(fn_args: Any) -> None:
         pixel_std,
         fn_args.serving_model_dir,
         size_multiple=config.model.size_multiple,
+        test_time_augmentation=config.model.test_time_augmentation,
     )

@@ -32,6 +32,13 @@ MOBILENET_V2_SKIPS = (
 MOBILENET_V2_BOTTLENECK = "out_relu"
 # Input channel of ImageNet's R, G and B: our bands are B2, B3, B4 (blue, green, red).
 IMAGENET_BAND_ORDER = (2, 1, 0)
+# (left-right flip first?, quarter turns) per pass of test-time augmentation; "flips" are the
+# identity, both mirrors and the half turn, "d4" all eight symmetries of the square.
+TEST_TIME_TRANSFORMS: dict[str, tuple[tuple[bool, int], ...]] = {
+    "none": ((False, 0),),
+    "flips": ((False, 0), (True, 0), (False, 2), (True, 2)),
+    "d4": tuple((flip, turns) for flip in (False, True) for turns in range(4)),
+}
 
 
 def _conv_block(x: tf.Tensor, filters: int, config: ModelConfig, name: str) -> tf.Tensor:
@@ -164,3 +171,19 @@ def shift_decision_threshold(model: keras.Model, threshold: float) -> None:
     layer = model.get_layer(OUTPUT_NAME)
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel, bias - math.log(threshold / (1.0 - threshold))])
+
+
+def symmetry_average(model: keras.Model, images: tf.Tensor, mode: str) -> tf.Tensor:
+    """Mean of the model's probabilities over the symmetries `mode` names, mapped back.
+
+    Tailings have no preferred orientation in a nadir image, and the model was trained on
+    flipped and rotated tiles; averaging its answers for transformed copies of the input
+    cancels part of its orientation-dependent error. Costs one forward pass per transform.
+    """
+    outputs = []
+    for flip, turns in TEST_TIME_TRANSFORMS[mode]:
+        x = tf.reverse(images, axis=[2]) if flip else images
+        y = model(tf.image.rot90(x, turns), training=False)
+        y = tf.image.rot90(y, (4 - turns) % 4)
+        outputs.append(tf.reverse(y, axis=[2]) if flip else y)
+    return outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / float(len(outputs))

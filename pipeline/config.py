@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.config import DEFAULT_PRESET, TrainerConfig, TransformConfig, preset
+from components.config import (
+    DEFAULT_PRESET,
+    TrainerConfig,
+    TransformConfig,
+    preset,
+    with_overrides,
+)
 from data.config import SplitConfig
 
 PIPELINE_NAME = "tailings-seg"
@@ -33,6 +39,8 @@ class PipelineConfig:
     model_name: str = "tailings"
     preset: str = DEFAULT_PRESET
     epochs: int | None = None  # overrides the preset's
+    # `model.FIELD=VALUE` / `train.FIELD=VALUE` changes to the preset (components.config).
+    overrides: tuple[str, ...] = ()
     workers: int = 1
     split: SplitConfig = SplitConfig()
     transform: TransformConfig = field(default_factory=TransformConfig)
@@ -54,7 +62,7 @@ class PipelineConfig:
     def trainer(self) -> TrainerConfig:
         import dataclasses
 
-        base = self.trainer_override or preset(self.preset)
+        base = with_overrides(self.trainer_override or preset(self.preset), self.overrides)
         if self.epochs is not None:
             base = dataclasses.replace(
                 base, train=dataclasses.replace(base.train, epochs=self.epochs)

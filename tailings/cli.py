@@ -132,6 +132,16 @@ def _add_run(sub) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset, help="model preset")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PART.FIELD=VALUE",
+        help="change one Trainer setting of the preset, e.g. --set "
+        "model.test_time_augmentation=none or --set train.batch_size=8 (repeatable; fields: "
+        "components/config.py)",
+    )
+    p.add_argument(
         "--output-dir",
         type=Path,
         default=d.output_dir,
@@ -166,9 +176,14 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         model_name=args.model_name,
         preset=args.preset,
         epochs=args.epochs,
+        overrides=tuple(args.overrides),
         workers=args.workers,
         thresholds=Thresholds(min_pixel_accuracy=args.min_pixel_accuracy, min_iou=args.min_iou),
     )
+    try:
+        cfg.trainer()  # a bad --set fails here, before any component runs
+    except ValueError as err:
+        raise CliError(f"--set {err}") from None
     try:
         summary = run_pipeline(cfg)
     except FileNotFoundError as err:

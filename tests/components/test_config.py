@@ -13,6 +13,7 @@ from components.config import (
     TrainerConfig,
     TransformConfig,
     preset,
+    with_overrides,
 )
 
 
@@ -58,6 +59,10 @@ def test_cpu_preset_is_small() -> None:
     assert cpu.train.crop_size is None or cpu.train.crop_size % cpu.model.size_multiple == 0
 
 
+def test_decoder_widths_only_matter_to_mobilenet_v2() -> None:
+    assert ModelConfig(encoder="unet", decoder_widths=()).decoder_widths == ()
+
+
 def test_mobilenet_v2_sizes_and_json_widths() -> None:
     config = ModelConfig(encoder="mobilenet_v2", input_downsample=2, depth=3)
     assert config.size_multiple == 64  # five halvings whatever `depth` says, then 2x
@@ -76,6 +81,10 @@ def test_mobilenet_v2_sizes_and_json_widths() -> None:
         lambda: ModelConfig(decision_threshold=0.0),
         lambda: ModelConfig(encoder="resnet50"),
         lambda: ModelConfig(decoder_widths=(64, 32)),
+        lambda: TrainConfig(recalibration_batches=0),
+        lambda: ModelConfig(test_time_augmentation="d8"),
+        lambda: TrainConfig(lr_schedule="step"),
+        lambda: TrainConfig(augment_color=-0.1),
         lambda: TransformConfig(tile_size=0),
         lambda: TrainerConfig(model=ModelConfig(depth=3), train=TrainConfig(crop_size=100)),
         lambda: ModelConfig.from_dict({"depht": 3}),
@@ -85,3 +94,39 @@ def test_mobilenet_v2_sizes_and_json_widths() -> None:
 def test_bad_values_are_rejected(make) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+def test_overrides_change_one_field_each_in_order() -> None:
+    base = preset("cpu")
+    changed = with_overrides(
+        base,
+        [
+            "model.encoder=unet",  # a bare string
+            'model.test_time_augmentation="none"',  # or JSON
+            "train.batch_size=8",
+            "train.ema_momentum=null",
+            "model.decoder_widths=[8, 8, 8, 8]",
+            "train.batch_size=2",
+        ],
+    )
+    assert changed.model.encoder == "unet" and changed.model.test_time_augmentation == "none"
+    assert changed.train.batch_size == 2 and changed.train.ema_momentum is None
+    assert changed.model.decoder_widths == (8, 8, 8, 8)
+    assert changed.train.epochs == base.train.epochs  # untouched fields keep the preset's
+    assert with_overrides(base, []) == base
+
+
+@pytest.mark.parametrize(
+    ("assignment", "says"),
+    [
+        ("model.depth", "expected model.FIELD=VALUE"),
+        ("transform.tile_size=64", "expected model.FIELD=VALUE"),
+        ("train.epoch=3", "no field 'epoch'"),
+        ("train.epochs=0", "epochs must be >= 1"),
+        ("train.crop_size=100", "multiple of 64"),
+    ],
+)
+def test_bad_overrides_name_the_assignment(assignment: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says) as err:
+        with_overrides(preset("cpu"), [assignment])
+    assert assignment in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -196,6 +197,24 @@ def test_augment_off_is_identity() -> None:
     np.testing.assert_array_equal(out_mask.numpy(), mask)
 
 
+def test_band_jitter_is_one_gain_and_offset_per_band_on_top_of_the_same_geometry() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(16, 16, 3)).astype(np.float32)
+    mask = (image[..., :1] > 0).astype(np.float32)
+    seed = tf.constant([3, 4])
+    plain_image, plain_mask = TL.augment(tf.constant(image), tf.constant(mask), seed, TrainConfig())
+    config = TrainConfig(augment_color=0.2)
+    jittered, jittered_mask = TL.augment(tf.constant(image), tf.constant(mask), seed, config)
+    np.testing.assert_array_equal(jittered_mask.numpy(), plain_mask.numpy())
+    for band in range(3):  # an exact affine map of the same pixels, different per band
+        x, y = plain_image.numpy()[..., band].ravel(), jittered.numpy()[..., band].ravel()
+        gain, offset = np.polyfit(x, y, 1)
+        np.testing.assert_allclose(gain * x + offset, y, atol=1e-5)
+        assert abs(gain - 1) > 1e-3 or abs(offset) > 1e-3
+    again, _ = TL.augment(tf.constant(image), tf.constant(mask), seed, config)
+    np.testing.assert_array_equal(again.numpy(), jittered.numpy())  # reproducible
+
+
 def test_display_rgb_reverses_band_order() -> None:
     reflectance = np.zeros((4, 4, 3), np.float32)
     reflectance[..., 2] = np.linspace(0, 1, 16).reshape(4, 4)  # B4 (red) varies, rest constant
@@ -263,3 +282,69 @@ def test_batch_norm_recalibration_averages_each_batch_and_skips_frozen_layers() 
     assert np.all(np.abs(fitted.moving_variance.numpy() - 4.0) < 0.5)
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), [0.0, 0.0])
     assert fitted.momentum == 0.9
+
+
+def test_cosine_schedule_decays_from_the_learning_rate() -> None:
+    config = TrainConfig(epochs=10, learning_rate=1e-3, lr_schedule="cosine")
+    rates = [TL.scheduled_learning_rate(config, epoch) for epoch in range(10)]
+    assert rates[0] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4)
+    assert all(a > b for a, b in zip(rates[:-1], rates[1:], strict=True)) and rates[-1] > 0
+    constant = TrainConfig(epochs=10, learning_rate=1e-3)
+    assert {TL.scheduled_learning_rate(constant, e) for e in range(10)} == {1e-3}
+    assert len(TL.fit_callbacks(constant)) == 1
+
+
+def test_fit_applies_the_schedule() -> None:
+    config = TrainerConfig(
+        model=ModelConfig(encoder="unet", depth=1, base_width=2),
+        train=TrainConfig(epochs=4, batch_size=2, learning_rate=1e-3, lr_schedule="cosine"),
+    )
+    model = TL.compile_model(config)
+    images = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    history = model.fit(
+        images,
+        (images[..., :1] > 0).astype(np.float32),
+        validation_data=(images, (images[..., :1] > 0).astype(np.float32)),
+        batch_size=2,
+        epochs=4,
+        callbacks=TL.fit_callbacks(config.train),
+        verbose=0,
+    )
+    want = [TL.scheduled_learning_rate(config.train, e) for e in range(4)]
+    np.testing.assert_allclose(history.history["lr"], want, rtol=1e-6)
+
+
+def test_test_time_augmentation_is_in_every_signature(tmp_path, transform_run, eval_batch) -> None:
+    """TFMA (serving_default) and clients (predict_image) both get the averaged answer."""
+    config = dataclasses.replace(
+        TINY, model=dataclasses.replace(TINY.model, test_time_augmentation="d4")
+    )
+    fn_args = _run_fn(tmp_path, transform_run, config)
+    served = tf.saved_model.load(fn_args.serving_model_dir)
+    examples, images, _ = eval_batch
+    from_examples = served.signatures[TL.SERVING_DEFAULT](**{TL.EXAMPLES_INPUT: examples})
+    from_pixels = served.signatures[TL.PREDICT_IMAGE](**{TL.IMAGES_INPUT: tf.constant(images)})
+    got = from_pixels[TL.PROBABILITIES].numpy()
+    np.testing.assert_allclose(from_examples[TL.PROBABILITIES].numpy(), got, atol=ATOL)
+    # d4 averaging: a quarter-turned image gets the quarter-turned answer
+    turned = served.signatures[TL.PREDICT_IMAGE](
+        **{TL.IMAGES_INPUT: tf.constant(np.rot90(images, axes=(1, 2)).copy())}
+    )[TL.PROBABILITIES].numpy()
+    np.testing.assert_allclose(turned, np.rot90(got, axes=(1, 2)), atol=ATOL)
+
+
+def test_finish_training_recalibrates_on_at_most_the_capped_batches() -> None:
+    x = keras.Input((2, 2, 1))
+    norm = keras.layers.BatchNormalization(momentum=0.9)
+    model = keras.Model(x, norm(x))
+    images = np.concatenate([np.full((8, 2, 2, 1), 1.0), np.full((8, 2, 2, 1), 5.0)])
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images.astype(np.float32), np.zeros_like(images, np.float32))
+    ).batch(8)
+    TL.finish_training(model, TrainConfig(recalibration_batches=1), dataset)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), [1.0])  # the second batch unread
+    TL.finish_training(model, TrainConfig(recalibration_batches=2), dataset)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), [3.0])
+    norm.moving_mean.assign([7.0])
+    TL.finish_training(model, TrainConfig(ema_momentum=None), dataset)  # no average: untouched
+    np.testing.assert_allclose(norm.moving_mean.numpy(), [7.0])

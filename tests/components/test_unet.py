@@ -6,11 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 from components import pretrained
 from components.config import ModelConfig
-from components.unet import build_model, shift_decision_threshold
+from components.unet import build_model, shift_decision_threshold, symmetry_average
 
 TINY = ModelConfig(encoder="unet", depth=2, base_width=4, batch_norm=True, dropout=0.1)
 
@@ -119,3 +120,20 @@ def test_mobilenet_v2_from_scratch_does_not_need_the_weights(monkeypatch) -> Non
     monkeypatch.setattr(pretrained, "weights_path", unavailable)
     config = dataclasses.replace(SMALL_MOBILENET, pretrained=False)
     assert build_model(config)(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 1)
+
+
+def test_symmetry_average_maps_every_copy_back() -> None:
+    """d4 averaging makes any network equivariant: rotate/flip in, same rotate/flip out."""
+    model = build_model(TINY)
+    images = tf.constant(np.random.default_rng(0).random((2, 32, 48, 3)), tf.float32)
+    plain = model(images, training=False).numpy()
+    np.testing.assert_array_equal(symmetry_average(model, images, "none").numpy(), plain)
+    averaged = symmetry_average(model, images, "d4").numpy()
+    assert averaged.shape == plain.shape
+    assert np.abs(averaged - plain).max() > 1e-4  # the untrained net is not symmetric
+    turned = symmetry_average(model, tf.image.rot90(images), "d4").numpy()
+    np.testing.assert_allclose(turned, np.rot90(averaged, axes=(1, 2)), atol=1e-5)
+    mirrored = symmetry_average(model, images[:, :, ::-1], "flips").numpy()
+    np.testing.assert_allclose(
+        mirrored, symmetry_average(model, images, "flips").numpy()[:, :, ::-1], atol=1e-5
+    )

@@ -80,3 +80,20 @@ def test_unknown_beam_option_is_refused_by_beam(tmp_path):
     assert out.returncode == 1
     assert "Beam pipeline options" in out.stderr and "NoSuchRunner" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("model.test_time_augmentation=d8", "test_time_augmentation must be one of"),
+        ("model.widht=8", "has no field 'widht'"),
+        ("optimizer.lr=1", "expected model.FIELD=VALUE"),
+    ],
+)
+def test_run_refuses_a_bad_set_before_running(tmp_path, change, says):
+    out = tailings(
+        "run", "--data", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--set", change
+    )
+    assert out.returncode == 1
+    assert says in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
