@@ -115,12 +115,12 @@ def jitter_bands(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tenso
     A/B) so the network leans less on exact band levels. Its own seed stream (folded from
     `seed`), so switching it on leaves the geometric augmentation unchanged.
     """
-    gain_seed, offset_seed = tf.random.experimental.stateless_split(
+    seeds = tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, COLOR_SEED_STREAM), num=2
     )
     bands = image.shape[-1:]
-    gain = tf.exp(tf.random.stateless_normal(bands, gain_seed, stddev=strength))
-    offset = tf.random.stateless_normal(bands, offset_seed, stddev=strength)
+    gain = tf.exp(tf.random.stateless_normal(bands, seeds[0], stddev=strength))
+    offset = tf.random.stateless_normal(bands, seeds[1], stddev=strength)
     return image * tf.cast(gain, image.dtype) + tf.cast(offset, image.dtype)
 
 

@@ -213,6 +213,10 @@ def test_band_jitter_is_one_gain_and_offset_per_band_on_top_of_the_same_geometry
         assert abs(gain - 1) > 1e-3 or abs(offset) > 1e-3
     again, _ = TL.augment(tf.constant(image), tf.constant(mask), seed, config)
     np.testing.assert_array_equal(again.numpy(), jittered.numpy())  # reproducible
+    # and inside tf.data's graph, as training runs it
+    pairs = tf.data.Dataset.from_tensor_slices((image[None], mask[None]))
+    (batch, batch_mask), *_ = list(TL.batch_pairs(pairs, config, training=True))
+    assert batch.shape == (1, 16, 16, 3) and batch_mask.shape == (1, 16, 16, 1)
 
 
 def test_display_rgb_reverses_band_order() -> None:
