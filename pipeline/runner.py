@@ -185,6 +185,17 @@ def terminal_writer() -> Callable[[str], None]:
     return say
 
 
+def describe_trainer(cfg: PipelineConfig) -> str:
+    """One line: which preset trains, and every change made to it (--epochs, --set)."""
+    changes = [f"epochs={cfg.epochs}"] if cfg.epochs is not None else []
+    changes += list(cfg.overrides)
+    trainer = cfg.trainer()
+    line = f"Trainer: preset {cfg.preset} ({trainer.model.encoder}"
+    line += f", {trainer.train.epochs} epochs"
+    line += f", test-time augmentation {trainer.model.test_time_augmentation})"
+    return line + (f", changed: {', '.join(changes)}" if changes else "")
+
+
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) -> RunSummary:
     """Build and run the pipeline; whatever happens, summarise what ML Metadata recorded."""
     say = say or terminal_writer()
@@ -201,6 +212,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) 
     start = time.monotonic()
     log_file, saved = _route_logs(cfg)
     say(f"logs: {log_file}")
+    say(describe_trainer(cfg))
     progress = _ComponentProgress(cfg.metadata_path, say)
     progress.start()
     error = None

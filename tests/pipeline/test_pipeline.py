@@ -129,14 +129,26 @@ def test_real_data_smoke_run(real_data, tmp_path):
         trainer_override=TrainerConfig(
             # the default (pretrained MobileNetV2) encoder with a narrow decoder
             model=ModelConfig(decoder_widths=(8, 8, 8, 8), base_width=4),
-            train=TrainConfig(epochs=1, batch_size=2),
+            train=TrainConfig(epochs=1, batch_size=4),
         ),
+        overrides=("train.batch_size=2",),  # as `tailings run --set` passes it
         thresholds=Thresholds(min_pixel_accuracy=0.0, min_iou=0.0),
     )
-    summary = run_pipeline(cfg, say=lambda _m: None)
+    said: list[str] = []
+    summary = run_pipeline(cfg, say=said.append)
     assert summary.error is None, summary.error
     assert summary.anomalies == []
     assert {"pixel_accuracy", "iou", "f1"} <= set(summary.metrics)
+    assert any(
+        m.startswith("Trainer: preset cpu (mobilenet_v2") and "changed: train.batch_size=2" in m
+        for m in said
+    ), said
+    trained_with = json.loads(
+        next(
+            (cfg.pipeline_root / "Trainer" / "model_run").glob(f"*/{trainer_lib.CONFIG_FILE}")
+        ).read_text()
+    )
+    assert trained_with["train"]["batch_size"] == 2
     report = json.loads(
         next(
             (cfg.pipeline_root / "ExampleGen" / "conversion_report").glob("*/summary.json")
