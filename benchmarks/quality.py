@@ -174,6 +174,12 @@ def markdown(result: dict) -> str:
         f"Made by `benchmarks/quality.py` on {result['date']} ({result['machine']['cpus']} CPUs).",
         "Pooled over all pixels of the predicted pairs, as TFMA pools the eval split.",
         "",
+    ]
+    if result.get("set"):
+        lines += ["Preset changed with: " + " ".join(f"`--set {a}`" for a in result["set"]), ""]
+    if result.get("epochs_override"):
+        lines += [f"Epochs: {result['epochs_override']} (`--epochs`)", ""]
+    lines += [
         "| predicted pairs | threshold | IoU | F1 | pixel accuracy |",
         "|---|---|---|---|---|",
     ]

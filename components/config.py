@@ -62,7 +62,8 @@ class ModelConfig:
     decision_threshold: float = 0.5
     # Average the probabilities over flipped/rotated copies of the input in the exported model
     # (every signature, so the Evaluator scores what is served): "flips" = 4 passes, "d4" = 8.
-    test_time_augmentation: TestTimeAugmentation = "none"
+    # Out of fold: flips +0.013 and +0.025 IoU over "none" for two recipes, d4 no better.
+    test_time_augmentation: TestTimeAugmentation = "flips"
 
     def __post_init__(self) -> None:
         # JSON (TFX custom_config) turns tuples into lists; keep the frozen value hashable.
@@ -143,7 +144,9 @@ class TrainConfig:
     augment_flip: bool = True  # random left-right and up-down flips
     augment_rot90: bool = True  # random multiples of 90 degrees
     # Std of a random per-band log-gain and offset applied to the normalised image (0: off).
-    augment_color: float = 0.0
+    # Tile-to-tile spread of the band means is ~0.45 std here; 0.2 raised the out-of-fold IoU
+    # from 0.569 to 0.590 (measured: see the README's quality section).
+    augment_color: float = 0.2
     crop_size: int | None = None  # random square crops of this side for training; None = tile
     steps_per_epoch: int | None = None  # None: one pass over the train split (or TrainArgs)
     validation_steps: int | None = None  # None: one pass over the eval split (or EvalArgs)
@@ -249,6 +252,7 @@ PRESETS: dict[str, TrainerConfig] = {
             dropout=0.0,
             loss="bce",
             input_downsample=1,  # full resolution, as the study
+            test_time_augmentation="none",
         ),
         train=TrainConfig(
             epochs=5,
@@ -258,6 +262,7 @@ PRESETS: dict[str, TrainerConfig] = {
             ema_momentum=None,
             augment_flip=False,
             augment_rot90=False,
+            augment_color=0.0,
         ),
     ),
 }

@@ -50,6 +50,8 @@ def test_study_preset_is_the_original_network() -> None:
     assert study.model.loss == "bce"
     assert (study.train.learning_rate, study.train.batch_size, study.train.epochs) == (1e-3, 6, 5)
     assert study.train.ema_momentum is None and study.model.decision_threshold == 0.5
+    # none of this project's additions: no band jitter, one forward pass per image
+    assert study.train.augment_color == 0.0 and study.model.test_time_augmentation == "none"
 
 
 def test_cpu_preset_is_small() -> None:
