@@ -115,23 +115,29 @@ def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
 
 
 def predict_all(model, images: np.ndarray, config) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """Probabilities under every test-time augmentation mode, from the same trained model."""
+    """Probabilities under every test-time augmentation mode, from the same trained model.
+
+    Every mode's transforms are a subset of `d4`'s, so the 8 `d4` passes run once and each
+    mode averages its own subset of them (as `unet.symmetry_average` would compute it).
+    """
     import tensorflow as tf
 
-    from components.config import TEST_TIME_AUGMENTATIONS
-    from components.unet import symmetry_average
+    from components.unet import TEST_TIME_TRANSFORMS, symmetry_outputs
 
-    out = {}
-    for mode in TEST_TIME_AUGMENTATIONS:
-        predict = tf.function(
-            lambda x, mode=mode: symmetry_average(model, x, mode), reduce_retracing=True
-        )
-        batches = [
-            predict(tf.constant(images[i : i + config.train.batch_size])).numpy()
-            for i in range(0, len(images), config.train.batch_size)
-        ]
-        out[mode] = np.concatenate(batches)
-    return out
+    every = TEST_TIME_TRANSFORMS["d4"]
+    predict = tf.function(
+        lambda x: tf.stack(symmetry_outputs(model, x, every)), reduce_retracing=True
+    )
+    step = config.train.batch_size
+    # [transforms, N, H, W, 1]
+    outputs = np.concatenate(
+        [predict(tf.constant(images[i : i + step])).numpy() for i in range(0, len(images), step)],
+        axis=1,
+    )
+    return {
+        mode: outputs[[every.index(t) for t in transforms]].mean(axis=0)
+        for mode, transforms in TEST_TIME_TRANSFORMS.items()
+    }
 
 
 def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:

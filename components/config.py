@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-Loss = Literal["bce", "bce_dice"]
-LOSSES: tuple[str, ...] = ("bce", "bce_dice")
+Loss = Literal["bce", "bce_dice", "bce_batch_dice"]
+LOSSES: tuple[str, ...] = ("bce", "bce_dice", "bce_batch_dice")
 Encoder = Literal["unet", "mobilenet_v2"]
 LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 TestTimeAugmentation = Literal["none", "flips", "d4"]
 TEST_TIME_AUGMENTATIONS: tuple[str, ...] = ("none", "flips", "d4")
 ENCODERS: tuple[str, ...] = ("unet", "mobilenet_v2")
+MAX_AUGMENT_SCALE = 0.69  # ~ln 2: zoom out to at most half size (mirror padding's limit)
 MOBILENET_V2_DEPTH = 5  # MobileNetV2 halves the resolution five times (output stride 32)
 
 # Keys of the Trainer / Transform `custom_config` dicts.
@@ -147,6 +148,8 @@ class TrainConfig:
     # Tile-to-tile spread of the band means is ~0.45 std here; 0.2 raised the out-of-fold IoU
     # from 0.569 to 0.590 (measured: see the README's quality section).
     augment_color: float = 0.2
+    # Random zoom by exp(U(-s, s)) before cropping (0: off); 0.3 spans 0.74x-1.35x.
+    augment_scale: float = 0.0
     crop_size: int | None = None  # random square crops of this side for training; None = tile
     steps_per_epoch: int | None = None  # None: one pass over the train split (or TrainArgs)
     validation_steps: int | None = None  # None: one pass over the eval split (or EvalArgs)
@@ -172,6 +175,11 @@ class TrainConfig:
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got {self.ema_momentum}")
         if self.augment_color < 0:
             raise ValueError(f"augment_color must be >= 0, got {self.augment_color}")
+        # Zooming out further than 1/2 would need more mirror padding than the tile has.
+        if not 0 <= self.augment_scale < MAX_AUGMENT_SCALE:
+            raise ValueError(
+                f"augment_scale must be in [0, {MAX_AUGMENT_SCALE}), got {self.augment_scale}"
+            )
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
         if self.max_figures < 0:

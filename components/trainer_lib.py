@@ -68,6 +68,7 @@ PANEL_INCHES = 4.0
 TFRECORD_COMPRESSION = "GZIP"  # what TFX Transform writes
 SEED_PARTS = 4  # crop, left-right flip, up-down flip, rotation
 COLOR_SEED_STREAM = 1  # jitter_bands' seeds: folded in, apart from the geometric ones
+SCALE_SEED_STREAM = 2  # rescale's seeds, likewise (switching it on leaves the others as they were)
 
 
 def _list_files(patterns: Sequence[str]) -> list[str]:
@@ -85,14 +86,16 @@ def _records(patterns: Sequence[str]) -> tf.data.Dataset:
 def augment(
     image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: TrainConfig
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Same random crop / flips / 90-degree rotation for an image [H,W,C] and its mask,
-    then (image only) the band jitter of `config.augment_color`.
+    """Same random rescale / crop / flips / 90-degree rotation for an image [H,W,C] and its
+    mask, then (image only) the band jitter of `config.augment_color`.
 
     Stateless ops keyed by `seed` ([2] ints) keep runs reproducible.
     """
     channels = image.shape[-1]
     stacked = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)
     seeds = tf.random.experimental.stateless_split(seed, num=SEED_PARTS)
+    if config.augment_scale > 0:
+        stacked = rescale(stacked, seed, config.augment_scale)
     if config.crop_size is not None:
         size = config.crop_size
         stacked = tf.image.stateless_random_crop(stacked, [size, size, channels + 1], seeds[0])
@@ -102,10 +105,40 @@ def augment(
     if config.augment_rot90:
         quarter_turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
         stacked = tf.image.rot90(stacked, quarter_turns)
-    image, mask = stacked[..., :channels], stacked[..., channels:]
+    image, mask = stacked[..., :channels], tf.round(stacked[..., channels:])
     if config.augment_color > 0:
         image = jitter_bands(image, seed, config.augment_color)
     return image, mask
+
+
+def rescale(stacked: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """Zoom [H,W,C] by a random factor exp(U(-s, s)) about a random point, keeping H and W.
+
+    Facilities come in every size; zooming shows the network each one at other sizes than the
+    73 tiles happen to hold. Zoom in: bilinear resize, then a random H x W window. Zoom out:
+    resize, then mirror-pad back to H x W (reflection keeps the edges plausible, where zeros
+    would be a band value no scene has). The mask channel is interpolated too and rounded
+    back to 0/1 by `augment`.
+    """
+    seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, SCALE_SEED_STREAM), num=2
+    )
+    height, width, channels = stacked.shape
+    factor = tf.exp(tf.random.stateless_uniform([], seeds[0], -strength, strength))
+    size = tf.constant([height, width], tf.float32)
+    resized_size = tf.cast(tf.round(size * factor), tf.int32)
+    resized = tf.image.resize(stacked, resized_size, method="bilinear")
+    short = tf.maximum(tf.constant([height, width]) - resized_size, 0)
+    resized = tf.pad(
+        resized,
+        [
+            [short[0] // 2, short[0] - short[0] // 2],
+            [short[1] // 2, short[1] - short[1] // 2],
+            [0, 0],
+        ],
+        mode="REFLECT",
+    )
+    return tf.image.stateless_random_crop(resized, [height, width, channels], seeds[1])
 
 
 def jitter_bands(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:

@@ -173,6 +173,20 @@ def shift_decision_threshold(model: keras.Model, threshold: float) -> None:
     layer.set_weights([kernel, bias - math.log(threshold / (1.0 - threshold))])
 
 
+def symmetry_outputs(
+    model: keras.Model, images: tf.Tensor, transforms: tuple[tuple[bool, int], ...]
+) -> list[tf.Tensor]:
+    """The model's probabilities for each (mirror, quarter turns) copy of `images`, mapped
+    back to the input's orientation: one forward pass per transform."""
+    outputs = []
+    for flip, turns in transforms:
+        x = tf.reverse(images, axis=[2]) if flip else images
+        y = model(tf.image.rot90(x, turns), training=False)
+        y = tf.image.rot90(y, (4 - turns) % 4)
+        outputs.append(tf.reverse(y, axis=[2]) if flip else y)
+    return outputs
+
+
 def symmetry_average(model: keras.Model, images: tf.Tensor, mode: str) -> tf.Tensor:
     """Mean of the model's probabilities over the symmetries `mode` names, mapped back.
 
@@ -180,10 +194,5 @@ def symmetry_average(model: keras.Model, images: tf.Tensor, mode: str) -> tf.Ten
     flipped and rotated tiles; averaging its answers for transformed copies of the input
     cancels part of its orientation-dependent error. Costs one forward pass per transform.
     """
-    outputs = []
-    for flip, turns in TEST_TIME_TRANSFORMS[mode]:
-        x = tf.reverse(images, axis=[2]) if flip else images
-        y = model(tf.image.rot90(x, turns), training=False)
-        y = tf.image.rot90(y, (4 - turns) % 4)
-        outputs.append(tf.reverse(y, axis=[2]) if flip else y)
+    outputs = symmetry_outputs(model, images, TEST_TIME_TRANSFORMS[mode])
     return outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / float(len(outputs))

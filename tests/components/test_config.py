@@ -52,6 +52,7 @@ def test_study_preset_is_the_original_network() -> None:
     assert study.train.ema_momentum is None and study.model.decision_threshold == 0.5
     # none of this project's additions: no band jitter, one forward pass per image
     assert study.train.augment_color == 0.0 and study.model.test_time_augmentation == "none"
+    assert study.train.augment_scale == 0.0
 
 
 def test_cpu_preset_is_small() -> None:
@@ -87,6 +88,8 @@ def test_mobilenet_v2_sizes_and_json_widths() -> None:
         lambda: ModelConfig(test_time_augmentation="d8"),
         lambda: TrainConfig(lr_schedule="step"),
         lambda: TrainConfig(augment_color=-0.1),
+        lambda: TrainConfig(augment_scale=-0.1),
+        lambda: TrainConfig(augment_scale=0.7),  # zooming out past 1/2: mirror padding's limit
         lambda: TransformConfig(tile_size=0),
         lambda: TrainerConfig(model=ModelConfig(depth=3), train=TrainConfig(crop_size=100)),
         lambda: ModelConfig.from_dict({"depht": 3}),

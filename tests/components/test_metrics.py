@@ -120,9 +120,32 @@ def test_losses_are_per_example_and_sensible() -> None:
     assert np.all(inverted > 0.9)
 
 
+def test_batch_dice_pools_the_batch_so_large_facilities_weigh_more() -> None:
+    y_true = np.zeros((2, 8, 8, 1), np.float32)
+    y_true[0] = 1.0  # a tile full of tailings
+    y_true[1, 0, 0] = 1.0  # and a tile with one tailings pixel
+    y_pred = y_true.copy()
+    y_pred[1] = 0.0  # the one pixel is missed
+    y_true_t, y_pred_t = tf.constant(y_true), tf.constant(y_pred)
+    pooled = M.batch_dice_loss(y_true_t, y_pred_t).numpy()
+    assert pooled.shape == (2,) and pooled[0] == pooled[1]
+    expected = 1.0 - (2 * 64 + M.DICE_SMOOTH) / (65 + 64 + M.DICE_SMOOTH)
+    np.testing.assert_allclose(pooled[0], expected, rtol=1e-5)
+    # per-example Dice counts the missed pixel as half the batch's error
+    assert M.dice_loss(y_true_t, y_pred_t).numpy().mean() > 10 * pooled[0]
+    np.testing.assert_allclose(
+        M.bce_batch_dice(y_true_t, y_pred_t).numpy(), M.bce(y_true_t, y_pred_t).numpy() + pooled
+    )
+    with tf.GradientTape() as tape:  # trainable: the batch's Dice reaches every example
+        prediction = tf.Variable(tf.fill(y_pred.shape, 0.5))
+        loss = tf.reduce_mean(M.batch_dice_loss(y_true_t, prediction))
+    assert np.all(np.isfinite(tape.gradient(loss, prediction).numpy()))
+
+
 def test_get_loss() -> None:
     assert M.get_loss("bce") is M.bce
     assert M.get_loss("bce_dice") is M.bce_dice
+    assert M.get_loss("bce_batch_dice") is M.bce_batch_dice
     with pytest.raises(ValueError):
         M.get_loss("focal")
 

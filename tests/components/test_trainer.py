@@ -220,6 +220,36 @@ def test_band_jitter_is_one_gain_and_offset_per_band_on_top_of_the_same_geometry
     assert batch.shape == (1, 16, 16, 3) and batch_mask.shape == (1, 16, 16, 1)
 
 
+def test_rescale_zooms_image_and_mask_together_and_keeps_the_tile_size() -> None:
+    mask = np.zeros((32, 32, 1), np.float32)
+    mask[8:24, 8:24] = 1  # a 16x16 facility: a quarter of the tile
+    image = np.concatenate([mask, 1 - mask, np.full_like(mask, 0.5)], axis=-1)
+    config = TrainConfig(augment_scale=0.5, augment_flip=False, augment_rot90=False)
+    config = dataclasses.replace(config, augment_color=0.0)
+    fractions = []
+    for seed in range(16):
+        out_image, out_mask = TL.augment(
+            tf.constant(image), tf.constant(mask), tf.constant([seed, 5]), config
+        )
+        assert out_image.shape == (32, 32, 3) and out_mask.shape == (32, 32, 1)
+        assert set(np.unique(out_mask.numpy())) <= {0.0, 1.0}
+        # the same interpolation moved both: the image's mask-band rounds to the mask
+        np.testing.assert_array_equal(np.round(out_image.numpy()[..., :1]), out_mask.numpy())
+        fractions.append(float(out_mask.numpy().mean()))
+    # zoomed in and out: the facility covers more and less than its quarter (or is mirrored)
+    assert min(fractions) < 0.2 < 0.3 < max(fractions)
+    # and inside tf.data's graph, as training runs it
+    pairs = tf.data.Dataset.from_tensor_slices((image[None], mask[None]))
+    (batch, batch_mask), *_ = list(TL.batch_pairs(pairs, config, training=True))
+    assert batch.shape == (1, 32, 32, 3) and batch_mask.shape == (1, 32, 32, 1)
+
+
+def test_rescale_by_one_is_identity() -> None:
+    image = np.random.default_rng(1).random((16, 16, 4)).astype(np.float32)
+    out = TL.rescale(tf.constant(image), tf.constant([1, 2]), strength=1e-7)
+    np.testing.assert_allclose(out.numpy(), image, atol=1e-6)
+
+
 def test_display_rgb_reverses_band_order() -> None:
     reflectance = np.zeros((4, 4, 3), np.float32)
     reflectance[..., 2] = np.linspace(0, 1, 16).reshape(4, 4)  # B4 (red) varies, rest constant

@@ -11,7 +11,13 @@ import tf_keras as keras
 
 from components import pretrained
 from components.config import ModelConfig
-from components.unet import build_model, shift_decision_threshold, symmetry_average
+from components.unet import (
+    TEST_TIME_TRANSFORMS,
+    build_model,
+    shift_decision_threshold,
+    symmetry_average,
+    symmetry_outputs,
+)
 
 TINY = ModelConfig(encoder="unet", depth=2, base_width=4, batch_norm=True, dropout=0.1)
 
@@ -137,3 +143,14 @@ def test_symmetry_average_maps_every_copy_back() -> None:
     np.testing.assert_allclose(
         mirrored, symmetry_average(model, images, "flips").numpy()[:, :, ::-1], atol=1e-5
     )
+
+
+def test_every_mode_is_a_subset_of_d4_so_one_set_of_passes_scores_them_all() -> None:
+    """benchmarks/quality.py runs the 8 d4 passes once and averages each mode's subset."""
+    model = build_model(TINY)
+    images = tf.constant(np.random.default_rng(1).random((1, 32, 32, 3)), tf.float32)
+    every = TEST_TIME_TRANSFORMS["d4"]
+    outputs = np.stack([y.numpy() for y in symmetry_outputs(model, images, every)])
+    for mode, transforms in TEST_TIME_TRANSFORMS.items():
+        subset = outputs[[every.index(t) for t in transforms]].mean(axis=0)
+        np.testing.assert_allclose(subset, symmetry_average(model, images, mode).numpy(), atol=1e-6)
