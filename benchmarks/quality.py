@@ -240,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
+        "--save-predictions",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="also write the out-of-fold probabilities (float16, per test-time augmentation "
+        "mode), masks and pair ids, to study post-processing without retraining",
+    )
+    parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite the .md from the existing --out"
     )
     args = parser.parse_args(argv)
@@ -301,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"(by test-time augmentation: {json.dumps(fold_tta)}), {seconds:.0f} s, "
                 f"{epochs} epochs",
                 flush=True,
+            )
+        if args.save_predictions:
+            args.save_predictions.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(
+                args.save_predictions,
+                ids=np.array(train.ids),
+                masks=train.masks.astype(np.uint8),
+                **{mode: p.astype(np.float16) for mode, p in out_of_fold.items()},
             )
         by_tta = {mode: scores(p, train.masks) for mode, p in out_of_fold.items()}
         pooled = by_tta[own]
