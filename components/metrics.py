@@ -52,14 +52,18 @@ def bce(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return _per_example_mean(keras.backend.binary_crossentropy(y_true, y_pred))
 
 
+def _soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, axis: tf.Tensor | None) -> tf.Tensor:
+    """1 - soft Dice with the sums taken over `axis` (None: over everything)."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    intersection = tf.reduce_sum(y_true * y_pred, axis=axis)
+    total = tf.reduce_sum(y_true, axis=axis) + tf.reduce_sum(y_pred, axis=axis)
+    return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+
+
 @keras.utils.register_keras_serializable(package=PACKAGE)
 def dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """1 - soft Dice per example -> [N]; insensitive to how rare tailings pixels are."""
-    y_true = tf.cast(y_true, y_pred.dtype)
-    axes = tf.range(1, tf.rank(y_pred))
-    intersection = tf.reduce_sum(y_true * y_pred, axis=axes)
-    total = tf.reduce_sum(y_true, axis=axes) + tf.reduce_sum(y_pred, axis=axes)
-    return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+    return _soft_dice_loss(y_true, y_pred, axis=tf.range(1, tf.rank(y_pred)))
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
@@ -69,10 +73,7 @@ def batch_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     Pooled like the Evaluator's IoU, so a facility weighs by its area: per-example Dice
     weighs a tile with 0.3 % tailings as much as one with 35 %.
     """
-    y_true = tf.cast(y_true, y_pred.dtype)
-    intersection = tf.reduce_sum(y_true * y_pred)
-    total = tf.reduce_sum(y_true) + tf.reduce_sum(y_pred)
-    loss = 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+    loss = _soft_dice_loss(y_true, y_pred, axis=None)
     return loss * tf.ones(tf.shape(y_pred)[:1], y_pred.dtype)
 
 

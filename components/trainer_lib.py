@@ -111,6 +111,14 @@ def augment(
     return image, mask
 
 
+def _seed_stream(seed: tf.Tensor, stream: int, parts: int) -> tf.Tensor:
+    """`parts` seeds of their own for one augmentation, folded from the example's `seed`, so
+    switching that augmentation on or off leaves every other draw as it was."""
+    return tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, stream), num=parts
+    )
+
+
 def rescale(stacked: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
     """Zoom [H,W,C] by a random factor exp(U(-s, s)) about a random point, keeping H and W.
 
@@ -120,15 +128,13 @@ def rescale(stacked: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
     would be a band value no scene has). The mask channel is interpolated too and rounded
     back to 0/1 by `augment`.
     """
-    seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, SCALE_SEED_STREAM), num=2
-    )
+    seeds = _seed_stream(seed, SCALE_SEED_STREAM, parts=2)
     height, width, channels = stacked.shape
     factor = tf.exp(tf.random.stateless_uniform([], seeds[0], -strength, strength))
-    size = tf.constant([height, width], tf.float32)
-    resized_size = tf.cast(tf.round(size * factor), tf.int32)
+    size = tf.constant([height, width])
+    resized_size = tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32)
     resized = tf.image.resize(stacked, resized_size, method="bilinear")
-    short = tf.maximum(tf.constant([height, width]) - resized_size, 0)
+    short = tf.maximum(size - resized_size, 0)
     resized = tf.pad(
         resized,
         [
@@ -148,9 +154,7 @@ def jitter_bands(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tenso
     A/B) so the network leans less on exact band levels. Its own seed stream (folded from
     `seed`), so switching it on leaves the geometric augmentation unchanged.
     """
-    seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, COLOR_SEED_STREAM), num=2
-    )
+    seeds = _seed_stream(seed, COLOR_SEED_STREAM, parts=2)
     bands = image.shape[-1:]
     gain = tf.exp(tf.random.stateless_normal(bands, seeds[0], stddev=strength))
     offset = tf.random.stateless_normal(bands, seeds[1], stddev=strength)
