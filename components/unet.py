@@ -1,8 +1,9 @@
 """Configurable, fully convolutional U-Nets for per-pixel tailings probability.
 
 Fully convolutional so the same weights serve the training tile size, random crops and
-any other image whose sides are a multiple of `ModelConfig.size_multiple`. Two encoders:
-the classic U-Net's, trained from scratch, and ImageNet-pretrained MobileNetV2.
+any other image whose sides are a multiple of `ModelConfig.size_multiple`. Three encoders:
+the classic U-Net's, trained from scratch, and ImageNet-pretrained MobileNetV2 or
+EfficientNet-Lite0 under one decoder.
 """
 
 from __future__ import annotations
@@ -30,8 +31,37 @@ MOBILENET_V2_SKIPS = (
     "block_13_expand_relu",
 )
 MOBILENET_V2_BOTTLENECK = "out_relu"
+# EfficientNet-Lite0 (Tan & Le 2019, "Lite": no squeeze-excitation, ReLU6, stem and head
+# not scaled): per stage (kernel, stride, expansion, output filters, repeats), 16 blocks.
+EFFICIENTNET_LITE0_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+EFFICIENTNET_LITE_STEM = 32
+EFFICIENTNET_LITE_HEAD = 1280
+RELU6 = 6.0
+# The expansion activation of each stride-2 block (as for MobileNetV2) and the head.
+EFFICIENTNET_LITE0_SKIPS = (
+    "block1_expand_relu",
+    "block3_expand_relu",
+    "block5_expand_relu",
+    "block11_expand_relu",
+)
+EFFICIENTNET_LITE_BOTTLENECK = "head_relu"
 # Input channel of ImageNet's R, G and B: our bands are B2, B3, B4 (blue, green, red).
 IMAGENET_BAND_ORDER = (2, 1, 0)
+# ImageNet's per-channel (R, G, B) mean and std on the 0-1 scale. torchvision's MobileNetV2
+# takes (x - mean) / std, which our per-band standardised bands already resemble;
+# EfficientNet-Lite takes (255 x - 127) / 128, about 2.2x narrower: mapped in its graph.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_INPUT_CENTER, LITE_INPUT_SCALE = 127.0, 128.0
+PIXEL_RANGE = 255.0
 # (left-right flip first?, quarter turns) per pass of test-time augmentation; "flips" are the
 # identity, both mirrors and the half turn, "d4" all eight symmetries of the square.
 TEST_TIME_TRANSFORMS: dict[str, tuple[tuple[bool, int], ...]] = {
@@ -71,9 +101,9 @@ def build_model(config: ModelConfig, input_shape: Shape = (None, None, 3)) -> ke
     for side in input_shape[:2]:
         if side is not None and side % config.size_multiple:
             raise ValueError(f"input side {side} is not a multiple of {config.size_multiple}")
-    if config.encoder == "mobilenet_v2":
-        return build_mobilenet_unet(config, input_shape)
-    return build_unet(config, input_shape)
+    if config.encoder == "unet":
+        return build_unet(config, input_shape)
+    return build_pretrained_unet(config, input_shape)
 
 
 def build_unet(config: ModelConfig, input_shape: Shape = (None, None, 3)) -> keras.Model:
@@ -129,8 +159,78 @@ def _mobilenet_v2_encoder(config: ModelConfig, channels: int) -> keras.Model:
     return keras.Model(base.input, outputs, name="mobilenet_v2")
 
 
-def build_mobilenet_unet(config: ModelConfig, input_shape: Shape = (None, None, 3)) -> keras.Model:
-    """U-Net decoder on an ImageNet-pretrained MobileNetV2 encoder.
+def _lite_input_mapping(channels: int) -> keras.layers.Layer:
+    """Standardised bands -> the (255 x - 127) / 128 range EfficientNet-Lite was trained on.
+
+    Each band's 0 and 1 std become its ImageNet colour's mean and std on that scale; a fixed
+    Normalization layer ((x - mean) / sqrt(variance)), so it saves and serves like any layer.
+    """
+    if channels != len(IMAGENET_BAND_ORDER):
+        raise ValueError(f"ImageNet weights need {len(IMAGENET_BAND_ORDER)} bands")
+    scale, offset = [0.0] * channels, [0.0] * channels
+    for colour, band in enumerate(IMAGENET_BAND_ORDER):
+        scale[band] = PIXEL_RANGE * IMAGENET_STD[colour] / LITE_INPUT_SCALE
+        offset[band] = (PIXEL_RANGE * IMAGENET_MEAN[colour] - LITE_INPUT_CENTER) / LITE_INPUT_SCALE
+    return keras.layers.Normalization(
+        mean=[-o / s for o, s in zip(offset, scale, strict=True)],
+        variance=[1.0 / s**2 for s in scale],
+        name="imagenet_range",
+    )
+
+
+def _efficientnet_lite0_encoder(config: ModelConfig, channels: int) -> keras.Model:
+    """EfficientNet-Lite0 returning its skip features and head, with ImageNet weights.
+
+    Keras has no Lite variant (its EfficientNetB0 has squeeze-excitation and swish), so the
+    network is built here from the paper's stage table, its layers named after the weights
+    file's keys (`pretrained.efficientnet_lite0_weights`). 'same' padding is TensorFlow's,
+    which the weights were trained with.
+    """
+
+    def batch_norm(name: str) -> keras.layers.Layer:
+        return keras.layers.BatchNormalization(
+            epsilon=pretrained.TF_BN_EPSILON, momentum=config.batch_norm_momentum, name=name
+        )
+
+    inputs = keras.Input(shape=(None, None, channels))
+    x = _lite_input_mapping(channels)(inputs)
+    x = keras.layers.Conv2D(
+        EFFICIENTNET_LITE_STEM, 3, strides=2, padding="same", use_bias=False, name="stem"
+    )(x)
+    x = keras.layers.ReLU(RELU6, name="stem_relu")(batch_norm("stem_bn")(x))
+    block, filters_in = 0, EFFICIENTNET_LITE_STEM
+    for kernel, stride, expansion, filters, repeats in EFFICIENTNET_LITE0_STAGES:
+        for repeat in range(repeats):
+            shortcut, name = x, f"block{block}_"
+            if expansion != 1:
+                x = keras.layers.Conv2D(
+                    filters_in * expansion, 1, use_bias=False, name=name + "expand"
+                )(x)
+                x = batch_norm(name + "expand_bn")(x)
+                x = keras.layers.ReLU(RELU6, name=name + "expand_relu")(x)
+            strides = stride if repeat == 0 else 1
+            x = keras.layers.DepthwiseConv2D(
+                kernel, strides=strides, padding="same", use_bias=False, name=name + "depthwise"
+            )(x)
+            x = batch_norm(name + "depthwise_bn")(x)
+            x = keras.layers.ReLU(RELU6, name=name + "depthwise_relu")(x)
+            x = keras.layers.Conv2D(filters, 1, use_bias=False, name=name + "project")(x)
+            x = batch_norm(name + "project_bn")(x)
+            if strides == 1 and filters_in == filters:
+                x = keras.layers.Add(name=name + "add")([shortcut, x])
+            block, filters_in = block + 1, filters
+    x = keras.layers.Conv2D(EFFICIENTNET_LITE_HEAD, 1, use_bias=False, name="head")(x)
+    x = keras.layers.ReLU(RELU6, name=EFFICIENTNET_LITE_BOTTLENECK)(batch_norm("head_bn")(x))
+    encoder = keras.Model(inputs, x)
+    if config.pretrained:
+        pretrained.load_efficientnet_lite0_weights(encoder, IMAGENET_BAND_ORDER)
+    names = (*EFFICIENTNET_LITE0_SKIPS, EFFICIENTNET_LITE_BOTTLENECK)
+    outputs = [encoder.get_layer(name).output for name in names]
+    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+
+
+def build_pretrained_unet(config: ModelConfig, input_shape: Shape = (None, None, 3)) -> keras.Model:
+    """U-Net decoder on an ImageNet-pretrained encoder (MobileNetV2 or EfficientNet-Lite0).
 
     On 73 training tiles a scratch encoder cannot learn good features; ImageNet's edges and
     textures transfer to 10 m imagery (measured: see the README's quality section).
@@ -139,7 +239,11 @@ def build_mobilenet_unet(config: ModelConfig, input_shape: Shape = (None, None, 
     x = inputs
     if config.input_downsample > 1:
         x = keras.layers.AveragePooling2D(config.input_downsample, name="downsample")(x)
-    *skips, x = _mobilenet_v2_encoder(config, input_shape[-1])(x)
+    encoders = {
+        "mobilenet_v2": _mobilenet_v2_encoder,
+        "efficientnet_lite0": _efficientnet_lite0_encoder,
+    }
+    *skips, x = encoders[config.encoder](config, input_shape[-1])(x)
     if config.dropout > 0:
         x = keras.layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
     for level, (skip, width) in enumerate(zip(reversed(skips), config.decoder_widths, strict=True)):
@@ -153,7 +257,7 @@ def build_mobilenet_unet(config: ModelConfig, input_shape: Shape = (None, None, 
             config.input_downsample, interpolation="bilinear", name="upsample"
         )(x)
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
-    return keras.Model(inputs, outputs, name="mobilenet_v2_unet")
+    return keras.Model(inputs, outputs, name=f"{config.encoder}_unet")
 
 
 def shift_decision_threshold(model: keras.Model, threshold: float) -> None:

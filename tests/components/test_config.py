@@ -58,16 +58,17 @@ def test_study_preset_is_the_original_network() -> None:
 def test_cpu_preset_is_small() -> None:
     cpu = preset("cpu")
     assert cpu.model.base_width == 16
-    assert cpu.model.encoder == "mobilenet_v2" and cpu.model.pretrained
+    assert cpu.model.encoder == "efficientnet_lite0" and cpu.model.pretrained
     assert cpu.train.crop_size is None or cpu.train.crop_size % cpu.model.size_multiple == 0
 
 
-def test_decoder_widths_only_matter_to_mobilenet_v2() -> None:
+def test_decoder_widths_only_matter_to_pretrained_encoders() -> None:
     assert ModelConfig(encoder="unet", decoder_widths=()).decoder_widths == ()
 
 
-def test_mobilenet_v2_sizes_and_json_widths() -> None:
-    config = ModelConfig(encoder="mobilenet_v2", input_downsample=2, depth=3)
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "efficientnet_lite0"])
+def test_pretrained_encoder_sizes_and_json_widths(encoder) -> None:
+    config = ModelConfig(encoder=encoder, input_downsample=2, depth=3)
     assert config.size_multiple == 64  # five halvings whatever `depth` says, then 2x
     assert ModelConfig.from_dict({"decoder_widths": [8, 8, 8, 8]}).decoder_widths == (8, 8, 8, 8)
 
@@ -84,6 +85,7 @@ def test_mobilenet_v2_sizes_and_json_widths() -> None:
         lambda: ModelConfig(decision_threshold=0.0),
         lambda: ModelConfig(encoder="resnet50"),
         lambda: ModelConfig(decoder_widths=(64, 32)),
+        lambda: ModelConfig(encoder="efficientnet_lite0", decoder_widths=(8, 8, 8, 0)),
         lambda: TrainConfig(recalibration_batches=0),
         lambda: ModelConfig(test_time_augmentation="d8"),
         lambda: TrainConfig(lr_schedule="step"),

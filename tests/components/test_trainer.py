@@ -278,11 +278,14 @@ def test_weight_averaging_exports_the_average(ema_momentum) -> None:
         assert moved < 1e-3
 
 
-def test_pretrained_mobilenet_v2_trains_and_exports(tmp_path, transform_run, eval_batch) -> None:
-    """The ImageNet encoder through run_fn: exported, and its signatures agree."""
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "efficientnet_lite0"])
+def test_pretrained_encoder_trains_and_exports(
+    tmp_path, transform_run, eval_batch, encoder
+) -> None:
+    """Each ImageNet encoder through run_fn: exported, and its signatures agree."""
     config = TrainerConfig(
         model=ModelConfig(
-            encoder="mobilenet_v2", decoder_widths=(8, 8, 8, 8), base_width=4, input_downsample=1
+            encoder=encoder, decoder_widths=(8, 8, 8, 8), base_width=4, input_downsample=1
         ),
         train=TrainConfig(epochs=1, batch_size=4, max_figures=0),
     )

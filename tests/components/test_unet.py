@@ -12,6 +12,9 @@ import tf_keras as keras
 from components import pretrained
 from components.config import ModelConfig
 from components.unet import (
+    IMAGENET_BAND_ORDER,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     TEST_TIME_TRANSFORMS,
     build_model,
     shift_decision_threshold,
@@ -119,12 +122,51 @@ def test_mobilenet_v2_encoder_starts_from_imagenet_with_torch_batch_norm() -> No
     }
 
 
-def test_mobilenet_v2_from_scratch_does_not_need_the_weights(monkeypatch) -> None:
-    def unavailable():
+SMALL_LITE0 = dataclasses.replace(SMALL_MOBILENET, encoder="efficientnet_lite0")
+
+
+def test_efficientnet_lite0_unet_keeps_the_size_and_checks_it() -> None:
+    model = build_model(SMALL_LITE0)
+    probabilities = model.predict_on_batch(np.random.rand(1, 64, 96, 3).astype(np.float32))
+    assert probabilities.shape == (1, 64, 96, 1)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model(SMALL_LITE0, input_shape=(48, 64, 3))
+
+
+def test_efficientnet_lite0_encoder_starts_from_imagenet_with_tensorflow_batch_norm() -> None:
+    encoder = build_model(SMALL_LITE0).get_layer("efficientnet_lite0")
+    imagenet = pretrained.efficientnet_lite0_weights()
+    for name in ("block8_expand", "block8_expand_bn", "head"):
+        for got, want in zip(encoder.get_layer(name).get_weights(), imagenet[name], strict=True):
+            np.testing.assert_array_equal(got, want)
+    norms = [x for x in encoder.layers if isinstance(x, keras.layers.BatchNormalization)]
+    assert {(x.epsilon, x.momentum) for x in norms} == {
+        (pretrained.TF_BN_EPSILON, SMALL_LITE0.batch_norm_momentum)
+    }
+    # skips at output strides 2, 4, 8, 16 and the head at 32
+    sides = [output.shape[1] for output in encoder(np.zeros((1, 64, 64, 3), np.float32))]
+    assert sides == [32, 16, 8, 4, 2]
+
+
+def test_efficientnet_lite0_sees_standardised_bands_on_its_imagenet_scale() -> None:
+    """A band at its mean (0) becomes its colour's ImageNet mean on Lite's (255x-127)/128
+    scale, one std above it that mean plus the colour's std: the range the weights know."""
+    mapping = build_model(SMALL_LITE0).get_layer("efficientnet_lite0").get_layer("imagenet_range")
+    pixels = np.array([0.0, 1.0], np.float32)[:, None, None, None] * np.ones((1, 1, 1, 3))
+    at_mean, one_std = mapping(pixels.astype(np.float32)).numpy()[:, 0, 0, :]
+    for colour, band in enumerate(IMAGENET_BAND_ORDER):  # red is our third band (B4)
+        mean = (255 * IMAGENET_MEAN[colour] - 127) / 128
+        assert at_mean[band] == pytest.approx(mean, abs=1e-5)
+        assert one_std[band] - at_mean[band] == pytest.approx(255 * IMAGENET_STD[colour] / 128)
+
+
+@pytest.mark.parametrize("small", [SMALL_MOBILENET, SMALL_LITE0], ids=lambda c: c.encoder)
+def test_pretrained_encoders_from_scratch_do_not_need_the_weights(monkeypatch, small) -> None:
+    def unavailable(*_):
         raise AssertionError("pretrained=False must not read the weights file")
 
     monkeypatch.setattr(pretrained, "weights_path", unavailable)
-    config = dataclasses.replace(SMALL_MOBILENET, pretrained=False)
+    config = dataclasses.replace(small, pretrained=False)
     assert build_model(config)(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 1)
 
 

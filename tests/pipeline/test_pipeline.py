@@ -127,7 +127,7 @@ def test_real_data_smoke_run(real_data, tmp_path):
         output_dir=tmp_path / "outputs",
         serving_dir=tmp_path / "serving",
         trainer_override=TrainerConfig(
-            # the default (pretrained MobileNetV2) encoder with a narrow decoder
+            # the default (pretrained EfficientNet-Lite0) encoder with a narrow decoder
             model=ModelConfig(decoder_widths=(8, 8, 8, 8), base_width=4),
             train=TrainConfig(epochs=1, batch_size=4),
         ),
@@ -139,10 +139,8 @@ def test_real_data_smoke_run(real_data, tmp_path):
     assert summary.error is None, summary.error
     assert summary.anomalies == []
     assert {"pixel_accuracy", "iou", "f1"} <= set(summary.metrics)
-    assert any(
-        m.startswith("Trainer: preset cpu (mobilenet_v2") and "changed: train.batch_size=2" in m
-        for m in said
-    ), said
+    line = "Trainer: preset cpu (efficientnet_lite0"
+    assert any(m.startswith(line) and "changed: train.batch_size=2" in m for m in said), said
     trained_with = json.loads(
         next(
             (cfg.pipeline_root / "Trainer" / "model_run").glob(f"*/{trainer_lib.CONFIG_FILE}")
