@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     train, evaluation = load(args.data)
     print(f"{len(train.ids)} train pairs, {len(evaluation.ids)} eval pairs")
+    side, multiple = train.images.shape[1], config.model.size_multiple
+    if side % multiple:  # fail now, not deep inside Keras after loading everything
+        parser.error(f"the network needs sides that are multiples of {multiple}, tiles are {side}")
     result: dict = {
         "preset": args.preset,
         "trainer_config": config.to_custom_config(),

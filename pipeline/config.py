@@ -60,11 +60,20 @@ class PipelineConfig:
         return self.serving_dir / self.model_name
 
     def trainer(self) -> TrainerConfig:
+        """The preset with the run's changes; raises ValueError if the tiles cannot pass
+        through the network, so `tailings run` refuses it before any component runs (the
+        Trainer would find out only after ExampleGen, StatisticsGen and Transform)."""
         import dataclasses
 
         base = with_overrides(self.trainer_override or preset(self.preset), self.overrides)
         if self.epochs is not None:
             base = dataclasses.replace(
                 base, train=dataclasses.replace(base.train, epochs=self.epochs)
+            )
+        tile, multiple = self.transform.tile_size, base.model.size_multiple
+        if tile % multiple:
+            raise ValueError(
+                f"the network needs image sides that are multiples of {multiple} (2**levels x "
+                f"model.input_downsample), but the tiles are {tile} pixels"
             )
         return base

@@ -88,6 +88,7 @@ def test_unknown_beam_option_is_refused_by_beam(tmp_path):
         ("model.test_time_augmentation=d8", "test_time_augmentation must be one of"),
         ("model.widht=8", "has no field 'widht'"),
         ("optimizer.lr=1", "expected model.FIELD=VALUE"),
+        ("model.input_downsample=4", "multiples of 128 (2**levels x model.input_downsample)"),
     ],
 )
 def test_run_refuses_a_bad_set_before_running(tmp_path, change, says):
