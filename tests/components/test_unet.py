@@ -168,6 +168,9 @@ def test_pretrained_encoders_from_scratch_do_not_need_the_weights(monkeypatch, s
     monkeypatch.setattr(pretrained, "weights_path", unavailable)
     config = dataclasses.replace(small, pretrained=False)
     assert build_model(config)(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 1)
+    # no ImageNet weights, no RGB needed: any number of bands
+    four_bands = build_model(config, input_shape=(None, None, 4))
+    assert four_bands(np.zeros((1, 32, 32, 4), np.float32)).shape == (1, 32, 32, 1)
 
 
 def test_symmetry_average_maps_every_copy_back() -> None:
