@@ -104,6 +104,38 @@ def test_tfma_instantiates_the_configured_metrics() -> None:
         assert metric.name == name == json.loads(config.config)["name"]
 
 
+@pytest.mark.parametrize("layout", sorted(INPUT_LAYOUTS))
+def test_mean_tile_iou_averages_each_tiles_iou_by_its_weight(layout) -> None:
+    y_true, y_pred = _data()
+    y_true[2], y_pred[2] = 0.0, 0.1  # no tailings in truth or prediction: IoU 1
+    truth, predicted = y_true > 0.5, y_pred > M.THRESHOLD
+    per_tile = [np.sum(truth[i] & predicted[i]) / np.sum(truth[i] | predicted[i]) for i in (0, 1)]
+    per_tile.append(1.0)
+    metric = M.MeanTileIoU()
+    metric.update_state(*INPUT_LAYOUTS[layout](y_true, y_pred))
+    want = np.sum(WEIGHTS * np.array(per_tile)) / np.sum(WEIGHTS)  # the 0-weight tile drops out
+    assert float(metric.result()) == pytest.approx(want, rel=1e-5)
+    assert metric.name == M.MEAN_TILE_IOU
+    unweighted = M.MeanTileIoU()
+    unweighted.update_state(y_true, y_pred)
+    assert float(unweighted.result()) == pytest.approx(np.mean(per_tile), rel=1e-5)
+
+
+def test_mean_tile_iou_weighs_tiles_alike_where_pooled_iou_weighs_area() -> None:
+    """A large tile missed and a small tile hit: pooled IoU ~0, the tile mean 0.5."""
+    y_true = np.zeros((2, 8, 8, 1), np.float32)
+    y_pred = np.zeros_like(y_true)
+    y_true[0] = 1.0  # all tailings, predicted none
+    y_true[1, 0, 0], y_pred[1, 0, 0] = 1.0, 1.0  # one pixel, hit
+    tiles, pooled = M.MeanTileIoU(), M.TailingsIoU()
+    for metric in (tiles, pooled):
+        metric.update_state(y_true, y_pred)
+    assert float(tiles.result()) == pytest.approx(0.5)
+    assert float(pooled.result()) == pytest.approx(1 / 65)
+    restored = keras.metrics.deserialize(keras.metrics.serialize(tiles))
+    assert type(restored) is M.MeanTileIoU and restored.get_config() == tiles.get_config()
+
+
 def test_losses_are_per_example_and_sensible() -> None:
     y_true, y_pred = _data()
     y_true_t, y_pred_t = tf.constant(y_true), tf.constant(y_pred)

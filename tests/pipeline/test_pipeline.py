@@ -52,6 +52,7 @@ def test_tfma_reports_every_metric(first_run):
         "f1",
         "auc",
         "all_background_accuracy",
+        "mean_tile_iou",
     ):
         assert name in summary.metrics, sorted(summary.metrics)
         assert 0.0 <= summary.metrics[name] <= 1.0
