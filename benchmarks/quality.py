@@ -272,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     train, evaluation = load(args.data)
     print(f"{len(train.ids)} train pairs, {len(evaluation.ids)} eval pairs")
-    side, multiple = train.images.shape[1], config.model.size_multiple
-    if side % multiple:  # fail now, not deep inside Keras after loading everything
-        parser.error(f"the network needs sides that are multiples of {multiple}, tiles are {side}")
+    try:  # fail now, not deep inside Keras
+        config.check_tile_size(train.images.shape[1])
+    except ValueError as err:
+        parser.error(str(err))
     result: dict = {
         "preset": args.preset,
         "trainer_config": config.to_custom_config(),

@@ -241,6 +241,19 @@ class TrainerConfig:
         if crop is not None and crop % self.model.size_multiple:
             raise ValueError(f"crop_size {crop} must be a multiple of {self.model.size_multiple}")
 
+    def check_tile_size(self, tile: int) -> None:
+        """Raise ValueError if tiles of `tile` pixels (or the training crops) cannot pass
+        through the network: one check for the Trainer, `tailings run` and the benchmarks."""
+        multiple = self.model.size_multiple
+        if tile % multiple:
+            raise ValueError(
+                f"the network needs image sides that are multiples of {multiple} (2**levels x "
+                f"model.input_downsample), but the tiles are {tile} pixels"
+            )
+        crop = self.train.crop_size
+        if crop is not None and crop > tile:
+            raise ValueError(f"crop_size {crop} is larger than the tile size {tile}")
+
     def to_custom_config(self) -> dict[str, Any]:
         """The `custom_config` for `tfx.components.Trainer`."""
         return {MODEL_KEY: self.model.to_dict(), TRAIN_KEY: self.train.to_dict()}

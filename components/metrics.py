@@ -201,12 +201,26 @@ class TailingsAUC(_Pixelwise, keras.metrics.AUC):
         super().__init__(num_thresholds=num_thresholds, name=name, **kwargs)
 
 
-class _F1Counts(keras.metrics.Metric):
+class _ThresholdedSums(keras.metrics.Metric):
+    """A metric of sums accumulated in weights, calling tailings above `threshold`."""
+
+    def __init__(self, threshold: float, name: str, dtype: Any = None):
+        super().__init__(name=name, dtype=dtype)
+        self.threshold = threshold
+
+    def reset_state(self) -> None:
+        for variable in self.variables:
+            variable.assign(tf.zeros_like(variable))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+class _F1Counts(_ThresholdedSums):
     """F1 from weighted TP/FP/FN counts accumulated over all pixels seen."""
 
     def __init__(self, threshold: float = THRESHOLD, name: str = F1, dtype: Any = None):
-        super().__init__(name=name, dtype=dtype)
-        self.threshold = threshold
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
         self.true_positives = self.add_weight("true_positives", initializer="zeros")
         self.false_positives = self.add_weight("false_positives", initializer="zeros")
         self.false_negatives = self.add_weight("false_negatives", initializer="zeros")
@@ -233,13 +247,6 @@ class _F1Counts(keras.metrics.Metric):
             2.0 * self.true_positives + self.false_positives + self.false_negatives,
         )
 
-    def reset_state(self) -> None:
-        for variable in self.variables:
-            variable.assign(tf.zeros_like(variable))
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "threshold": self.threshold}
-
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
 class TailingsF1(_Pixelwise, _F1Counts):
@@ -247,7 +254,7 @@ class TailingsF1(_Pixelwise, _F1Counts):
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
-class MeanTileIoU(keras.metrics.Metric):
+class MeanTileIoU(_ThresholdedSums):
     """Tailings IoU of each example (tile), averaged over the examples by their weights.
 
     The pooled `iou` weighs every tile by its tailings area, so on a small eval split one
@@ -257,8 +264,7 @@ class MeanTileIoU(keras.metrics.Metric):
     """
 
     def __init__(self, threshold: float = THRESHOLD, name: str = MEAN_TILE_IOU, dtype: Any = None):
-        super().__init__(name=name, dtype=dtype)
-        self.threshold = threshold
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
         self.total = self.add_weight("total", initializer="zeros")
         self.weight = self.add_weight("weight", initializer="zeros")
 
@@ -279,13 +285,6 @@ class MeanTileIoU(keras.metrics.Metric):
 
     def result(self) -> tf.Tensor:
         return tf.math.divide_no_nan(self.total, self.weight)
-
-    def reset_state(self) -> None:
-        for variable in self.variables:
-            variable.assign(tf.zeros_like(variable))
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "threshold": self.threshold}
 
 
 # (class, name) of every pixel metric, for TFMA configs and tests.

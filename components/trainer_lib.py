@@ -208,20 +208,6 @@ def read_normalization(
     raise ValueError(f"no records in {list(patterns)}")
 
 
-def _check_sizes(feature_spec: dict[str, Any], config: TrainerConfig) -> int:
-    """Fail before training if the tile or crop cannot pass through the U-Net."""
-    tile = int(feature_spec[IMAGE_XF].shape[0])
-    multiple = config.model.size_multiple
-    if tile % multiple:
-        raise ValueError(
-            f"tile size {tile} is not a multiple of {multiple} (2**depth x input_downsample)"
-        )
-    crop = config.train.crop_size
-    if crop is not None and crop > tile:
-        raise ValueError(f"crop_size {crop} is larger than the tile size {tile}")
-    return tile
-
-
 def _write_bytes(path: str, data: bytes) -> None:
     """Write via tf.io.gfile so model_run_dir may be a GCS/S3 URI as well as a local path."""
     tf.io.gfile.makedirs(os.path.dirname(path))
@@ -488,7 +474,7 @@ def run_fn(fn_args: Any) -> None:
         fn_args.transform_graph_path or fn_args.transform_output
     )
     feature_spec = tf_transform_output.transformed_feature_spec()
-    _check_sizes(feature_spec, config)
+    config.check_tile_size(int(feature_spec[IMAGE_XF].shape[0]))  # fail before training
 
     steps_per_epoch = train_config.steps_per_epoch or fn_args.train_steps
     validation_steps = train_config.validation_steps or fn_args.eval_steps

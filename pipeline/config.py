@@ -70,10 +70,5 @@ class PipelineConfig:
             base = dataclasses.replace(
                 base, train=dataclasses.replace(base.train, epochs=self.epochs)
             )
-        tile, multiple = self.transform.tile_size, base.model.size_multiple
-        if tile % multiple:
-            raise ValueError(
-                f"the network needs image sides that are multiples of {multiple} (2**levels x "
-                f"model.input_downsample), but the tiles are {tile} pixels"
-            )
+        base.check_tile_size(self.transform.tile_size)
         return base

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -137,3 +138,13 @@ def test_bad_overrides_name_the_assignment(assignment: str, says: str) -> None:
     with pytest.raises(ValueError, match=says) as err:
         with_overrides(preset("cpu"), [assignment])
     assert assignment in str(err.value)
+
+
+def test_tile_size_check_names_the_multiple_and_the_crop() -> None:
+    config = preset("cpu")  # size multiple 64
+    config.check_tile_size(448)
+    with pytest.raises(ValueError, match="multiples of 64 .* tiles are 480 pixels"):
+        config.check_tile_size(480)
+    cropped = dataclasses.replace(config, train=dataclasses.replace(config.train, crop_size=512))
+    with pytest.raises(ValueError, match="crop_size 512 is larger than the tile size 448"):
+        cropped.check_tile_size(448)

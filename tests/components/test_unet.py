@@ -101,50 +101,49 @@ SMALL_MOBILENET = ModelConfig(
 )
 
 
-def test_mobilenet_v2_unet_keeps_the_size_and_checks_it() -> None:
-    model = build_model(SMALL_MOBILENET)
+SMALL_LITE0 = dataclasses.replace(SMALL_MOBILENET, encoder="efficientnet_lite0")
+# per pretrained encoder: its small config, its ImageNet weights, three layers to compare, and
+# the BatchNorm epsilon of the framework the weights come from
+PRETRAINED = {
+    "mobilenet_v2": (
+        SMALL_MOBILENET,
+        pretrained.mobilenet_v2_weights,
+        ("block_8_expand", "block_8_expand_BN", "Conv_1"),
+        pretrained.TORCH_BN_EPSILON,
+    ),
+    "efficientnet_lite0": (
+        SMALL_LITE0,
+        pretrained.efficientnet_lite0_weights,
+        ("block8_expand", "block8_expand_bn", "head"),
+        pretrained.TF_BN_EPSILON,
+    ),
+}
+
+
+@pytest.mark.parametrize("encoder", sorted(PRETRAINED))
+def test_pretrained_encoder_unet_keeps_the_size_and_checks_it(encoder) -> None:
+    config = PRETRAINED[encoder][0]
+    model = build_model(config)
     probabilities = model.predict_on_batch(np.random.rand(1, 64, 96, 3).astype(np.float32))
     assert probabilities.shape == (1, 64, 96, 1)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     with pytest.raises(ValueError, match="multiple of 32"):
-        build_model(SMALL_MOBILENET, input_shape=(48, 64, 3))
+        build_model(config, input_shape=(48, 64, 3))
 
 
-def test_mobilenet_v2_encoder_starts_from_imagenet_with_torch_batch_norm() -> None:
-    encoder = build_model(SMALL_MOBILENET).get_layer("mobilenet_v2")
-    imagenet = pretrained.mobilenet_v2_weights()
-    for name in ("block_8_expand", "block_8_expand_BN", "Conv_1"):
-        for got, want in zip(encoder.get_layer(name).get_weights(), imagenet[name], strict=True):
+@pytest.mark.parametrize("encoder", sorted(PRETRAINED))
+def test_pretrained_encoder_starts_from_imagenet_with_its_batch_norm(encoder) -> None:
+    config, imagenet_weights, names, epsilon = PRETRAINED[encoder]
+    encoder_model = build_model(config).get_layer(encoder)
+    imagenet = imagenet_weights()
+    for name in names:
+        got_weights = encoder_model.get_layer(name).get_weights()
+        for got, want in zip(got_weights, imagenet[name], strict=True):
             np.testing.assert_array_equal(got, want)
-    norms = [x for x in encoder.layers if isinstance(x, keras.layers.BatchNormalization)]
-    assert {(x.epsilon, x.momentum) for x in norms} == {
-        (pretrained.TORCH_BN_EPSILON, SMALL_MOBILENET.batch_norm_momentum)
-    }
-
-
-SMALL_LITE0 = dataclasses.replace(SMALL_MOBILENET, encoder="efficientnet_lite0")
-
-
-def test_efficientnet_lite0_unet_keeps_the_size_and_checks_it() -> None:
-    model = build_model(SMALL_LITE0)
-    probabilities = model.predict_on_batch(np.random.rand(1, 64, 96, 3).astype(np.float32))
-    assert probabilities.shape == (1, 64, 96, 1)
-    with pytest.raises(ValueError, match="multiple of 32"):
-        build_model(SMALL_LITE0, input_shape=(48, 64, 3))
-
-
-def test_efficientnet_lite0_encoder_starts_from_imagenet_with_tensorflow_batch_norm() -> None:
-    encoder = build_model(SMALL_LITE0).get_layer("efficientnet_lite0")
-    imagenet = pretrained.efficientnet_lite0_weights()
-    for name in ("block8_expand", "block8_expand_bn", "head"):
-        for got, want in zip(encoder.get_layer(name).get_weights(), imagenet[name], strict=True):
-            np.testing.assert_array_equal(got, want)
-    norms = [x for x in encoder.layers if isinstance(x, keras.layers.BatchNormalization)]
-    assert {(x.epsilon, x.momentum) for x in norms} == {
-        (pretrained.TF_BN_EPSILON, SMALL_LITE0.batch_norm_momentum)
-    }
-    # skips at output strides 2, 4, 8, 16 and the head at 32
-    sides = [output.shape[1] for output in encoder(np.zeros((1, 64, 64, 3), np.float32))]
+    norms = [x for x in encoder_model.layers if isinstance(x, keras.layers.BatchNormalization)]
+    assert {(x.epsilon, x.momentum) for x in norms} == {(epsilon, config.batch_norm_momentum)}
+    # skips at output strides 2, 4, 8, 16 and the bottleneck at 32
+    sides = [output.shape[1] for output in encoder_model(np.zeros((1, 64, 64, 3), np.float32))]
     assert sides == [32, 16, 8, 4, 2]
 
 
