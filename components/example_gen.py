@@ -10,6 +10,7 @@ Metadata next to the data they were left out of.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,20 +24,23 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from data.config import PairingConfig, SplitConfig, ValidationConfig
+from data import scenes
+from data.config import PairingConfig, SceneConfig, SplitConfig, ValidationConfig
 from data.convert import ConversionError, ShardPlan, convert_pairs, summarize
-from data.pairs import discover_pairs
+from data.pairs import PairSpec, discover_pairs
 
 EXAMPLES_KEY = "examples"
 REPORT_KEY = "conversion_report"
 REJECTED_FILE = "rejected.jsonl"
 SUMMARY_FILE = "summary.json"
+SCENE_LAYOUT_FILE = "scene_layout.json"
 # TFX's own layout, so TFXIO, StatisticsGen and Transform read the splits without help.
 SHARD_PATTERN = "Split-{split}/data_tfrecord-{shard:05d}-of-{shards:05d}.gz"
 
 
 class ConversionReport(types.Artifact):
-    """rejected.jsonl (one line per rejected pair, with its reason) and summary.json."""
+    """rejected.jsonl (one line per rejected pair, with its reason), summary.json, and
+    scene_layout.json (which eval tile sits where in the scene split's mosaics)."""
 
     TYPE_NAME = "ConversionReport"
 
@@ -64,6 +68,7 @@ class GeoTiffExampleGenSpec(types.ComponentSpec):
         "input_base": ExecutionParameter(type=str),
         "input_fingerprint": ExecutionParameter(type=str),
         "splits": ExecutionParameter(type=str),  # JSON [[name, hash buckets], ...]
+        "scene": ExecutionParameter(type=str),  # JSON of SceneConfig
         "shards": ExecutionParameter(type=int),
     }
     INPUTS: dict[str, Any] = {}
@@ -110,13 +115,51 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 f"split(s) {', '.join(empty)} got no pairs: {summary.converted} converted pairs "
                 f"are too few for splits {dict(splits)}; add data or change the split"
             )
-        examples.split_names = artifact_utils.encode_split_names([name for name, _ in splits])
+        scene_cfg = SceneConfig(**json.loads(exec_properties["scene"]))
+        layout, windows = self._scene_split(specs, plan, rejected_path, examples.uri, scene_cfg)
+        with open(os.path.join(report.uri, SCENE_LAYOUT_FILE), "w") as fh:
+            json.dump(layout, fh, indent=1)
+        names = [name for name, _ in splits] + [scene_cfg.name]
+        examples.split_names = artifact_utils.encode_split_names(names)
         examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         for artifact in (examples, report):
+            artifact.set_int_custom_property("scene_windows", windows)
             artifact.set_int_custom_property("converted", summary.converted)
             artifact.set_int_custom_property("rejected", summary.rejected)
             artifact.set_int_custom_property("pairs_found", summary.pairs_found)
+
+    def _scene_split(
+        self,
+        specs: list[PairSpec],
+        plan: ShardPlan,
+        rejected_path: str,
+        uri: str,
+        cfg: SceneConfig,
+    ) -> tuple[dict, int]:
+        """Write the `scene` split (see `data.scenes`) from the converted source-split pairs;
+        return its layout and number of windows."""
+        import rasterio
+
+        with open(rejected_path) as fh:
+            rejected = {json.loads(line)["id"] for line in fh if line.strip()}
+        chosen = [
+            s
+            for s in specs
+            if s.pair_id not in rejected and plan.key(s.pair_id)[0] == cfg.source_split
+        ]
+        with rasterio.open(chosen[0].image) as src:
+            size = src.height
+        mosaics = scenes.plan_mosaics([s.pair_id for s in chosen], size, cfg)
+
+        def shard_path(index: int, count: int) -> str:
+            return os.path.join(
+                uri, SHARD_PATTERN.format(split=cfg.name, shard=index, shards=count)
+            )
+
+        with self._make_beam_pipeline() as p:
+            scenes.write_scene_split(p, mosaics, chosen, shard_path, ValidationConfig())
+        return scenes.layout(mosaics, size, cfg), scenes.windows_written(p.result)
 
 
 class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
@@ -132,6 +175,7 @@ class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
                 input_base=input_base,
                 input_fingerprint=input_fingerprint(input_base),
                 splits=json.dumps([list(s) for s in config.splits]),
+                scene=json.dumps(dataclasses.asdict(config.scene), sort_keys=True),
                 shards=config.shards,
                 examples=types.Channel(type=standard_artifacts.Examples),
                 conversion_report=types.Channel(type=ConversionReport),

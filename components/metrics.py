@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 import tf_keras as keras
 
+from schemas.features import MASK_NODATA
+
 if TYPE_CHECKING:
     import tensorflow_model_analysis as tfma
 
@@ -36,6 +38,7 @@ RECALL = "recall"
 F1 = "f1"
 AUC = "auc"
 ALL_BACKGROUND_ACCURACY = "all_background_accuracy"
+ACCURACY_GAIN = "accuracy_gain"
 MEAN_TILE_IOU = "mean_tile_iou"
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -117,19 +120,31 @@ def broadcast_sample_weight(sample_weight: Any, y_true: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(weight, tf.shape(y_true))
 
 
+def drop_nodata(y_true: tf.Tensor, sample_weight: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """(labels with no-data pixels set to 0, per-pixel weights that are 0 there).
+
+    Scene windows mark pixels where no tile lies with `MASK_NODATA`; every metric skips them.
+    """
+    y_true = tf.convert_to_tensor(y_true)
+    weight = broadcast_sample_weight(1.0 if sample_weight is None else sample_weight, y_true)
+    valid = tf.not_equal(tf.cast(y_true, tf.float32), float(MASK_NODATA))
+    return tf.where(valid, y_true, tf.zeros_like(y_true)), weight * tf.cast(valid, tf.float32)
+
+
 class _Pixelwise:
     """Mixin: broadcast per-example weights to pixels, then hand pixels as [P,1] to Keras.
 
     Flattening makes [B,H,W] (TFMA) and [B,H,W,1] (Keras) inputs identical to the metric.
+    No-data pixels (`MASK_NODATA`) get weight 0.
     """
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        y_true = tf.convert_to_tensor(y_true)
+        y_true, sample_weight = drop_nodata(y_true, sample_weight)
         y_pred = tf.convert_to_tensor(y_pred)
-        if sample_weight is not None:
-            sample_weight = tf.reshape(broadcast_sample_weight(sample_weight, y_true), [-1, 1])
         return super().update_state(  # type: ignore[misc]
-            tf.reshape(y_true, [-1, 1]), tf.reshape(y_pred, [-1, 1]), sample_weight
+            tf.reshape(y_true, [-1, 1]),
+            tf.reshape(y_pred, [-1, 1]),
+            tf.reshape(sample_weight, [-1, 1]),
         )
 
 
@@ -253,6 +268,38 @@ class TailingsF1(_Pixelwise, _F1Counts):
     """F1 of tailings pixels (harmonic mean of precision and recall over the whole set)."""
 
 
+class _AccuracyGainSums(_ThresholdedSums):
+    """Pixel accuracy minus the all-background accuracy, from weighted sums over all pixels."""
+
+    def __init__(
+        self, threshold: float = THRESHOLD, name: str = ACCURACY_GAIN, dtype: Any = None
+    ) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype)
+        self.correct = self.add_weight("correct", initializer="zeros")
+        self.background = self.add_weight("background", initializer="zeros")
+        self.total = self.add_weight("total", initializer="zeros")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        truth = tf.cast(y_true, self.dtype) > THRESHOLD
+        predicted = tf.cast(y_pred, self.dtype) > self.threshold
+        weight = tf.cast(sample_weight, self.dtype)
+        self.correct.assign_add(tf.reduce_sum(tf.cast(truth == predicted, self.dtype) * weight))
+        self.background.assign_add(tf.reduce_sum(tf.cast(~truth, self.dtype) * weight))
+        self.total.assign_add(tf.reduce_sum(weight))
+
+    def result(self) -> tf.Tensor:
+        return tf.math.divide_no_nan(self.correct - self.background, self.total)
+
+
+@keras.utils.register_keras_serializable(package=PACKAGE)
+class AccuracyGain(_Pixelwise, _AccuracyGainSums):
+    """How far pixel accuracy is above predicting "no tailings" everywhere (same pixels).
+
+    A threshold on it asks a model to beat the all-background baseline of the split it is
+    judged on, whatever that split's class balance.
+    """
+
+
 @keras.utils.register_keras_serializable(package=PACKAGE)
 class MeanTileIoU(_ThresholdedSums):
     """Tailings IoU of each example (tile), averaged over the examples by their weights.
@@ -271,9 +318,10 @@ class MeanTileIoU(_ThresholdedSums):
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         y_true = tf.convert_to_tensor(y_true)
         batch = tf.shape(y_true)[0]
-        # [N,H,W,1] (Keras) or [N,H,W] (TFMA) -> one row of pixels per example
-        truth = tf.reshape(tf.cast(y_true, self.dtype) > THRESHOLD, [batch, -1])
-        predicted = tf.reshape(tf.cast(y_pred, self.dtype) > self.threshold, [batch, -1])
+        # [N,H,W,1] (Keras) or [N,H,W] (TFMA) -> one row of pixels per example; no data out
+        valid = tf.reshape(tf.not_equal(tf.cast(y_true, self.dtype), MASK_NODATA), [batch, -1])
+        truth = tf.reshape(tf.cast(y_true, self.dtype) == 1.0, [batch, -1]) & valid
+        predicted = tf.reshape(tf.cast(y_pred, self.dtype) > self.threshold, [batch, -1]) & valid
         intersection = tf.reduce_sum(tf.cast(truth & predicted, self.dtype), axis=1)
         union = tf.reduce_sum(tf.cast(truth | predicted, self.dtype), axis=1)
         iou = tf.where(union > 0, intersection / tf.maximum(union, 1.0), 1.0)
@@ -302,6 +350,7 @@ PIXEL_METRICS: tuple[tuple[type[keras.metrics.Metric], str], ...] = (
 # per tile averaged.
 EVALUATED_METRICS = PIXEL_METRICS + (
     (AllBackgroundAccuracy, ALL_BACKGROUND_ACCURACY),
+    (AccuracyGain, ACCURACY_GAIN),
     (MeanTileIoU, MEAN_TILE_IOU),
 )
 

@@ -45,8 +45,28 @@ class ConversionConfig:
 
 
 @dataclass(frozen=True)
+class SceneConfig:
+    """How the `scene` split is built from the eval pairs (see `data.scenes`).
+
+    16 tiles a mosaic (4 x 4): on the study's 17 eval pairs that is one 4 x 4 mosaic and one
+    of a single tile, 30 windows in all. The seed fixes the order of the tiles and the offsets.
+    """
+
+    seed: int = 2024
+    tiles_per_mosaic: int = 16
+    source_split: str = "eval"
+    name: str = "scene"
+
+    def __post_init__(self) -> None:
+        if self.tiles_per_mosaic < 1:
+            raise ValueError(f"tiles_per_mosaic must be >= 1, got {self.tiles_per_mosaic}")
+
+
+@dataclass(frozen=True)
 class SplitConfig:
-    """Train/eval split by hash of the pair id (deterministic: a pair never changes sides)."""
+    """Train/eval split by hash of the pair id (deterministic: a pair never changes sides),
+    plus the `scene` split cut from the eval pairs."""
 
     splits: tuple[tuple[str, int], ...] = (("train", 4), ("eval", 1))  # 80/20
     shards: int = 2  # per split
+    scene: SceneConfig = SceneConfig()

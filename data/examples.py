@@ -13,14 +13,19 @@ from schemas import features as F
 
 
 def summary(pair: GeoPair) -> dict[str, list[float] | float]:
-    """Per-image statistics that TFDV summarises and the schema constrains."""
-    pixels = pair.image.reshape(-1, pair.image.shape[-1]).astype(np.float64)
+    """Per-image statistics that TFDV summarises and the schema constrains.
+
+    Over the pixels with data: a scene window's no-data cells (mask `MASK_NODATA`) are left out.
+    """
+    valid = (pair.mask != F.MASK_NODATA).reshape(-1)
+    pixels = pair.image.reshape(-1, pair.image.shape[-1])[valid].astype(np.float64)
+    labels = pair.mask.reshape(-1)[valid]
     return {
         F.BAND_MEAN: pixels.mean(axis=0).tolist(),
         F.BAND_STD: pixels.std(axis=0).tolist(),
         F.BAND_MIN: pixels.min(axis=0).tolist(),
         F.BAND_MAX: pixels.max(axis=0).tolist(),
-        F.TAILINGS_FRACTION: float(pair.mask.mean()) if pair.mask.size else 0.0,
+        F.TAILINGS_FRACTION: float(labels.mean()) if labels.size else 0.0,
     }
 
 

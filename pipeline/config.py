@@ -19,16 +19,51 @@ PIPELINE_NAME = "tailings-seg"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What a model must reach on the eval split to be blessed (and so pushed).
+    """What a model must reach on the scene split to be blessed (and so pushed).
 
-    0.93 pixel accuracy is above the ~0.91 that predicting "no tailings" everywhere scores on
-    the study's data, and IoU >= 0.5 asks for a usable outline of the tailings themselves.
+    Judged on the scene split (windows that do not line up with the study's centred tiles),
+    because that is how `tailings predict` sees a scene. Each bound is a TFMA threshold on the
+    split as a whole; the figures beside them are what was measured (docs/evaluation.md).
     """
 
+    # The design card's bar; predicting "no tailings" everywhere scores 0.925 on the scene split.
     min_pixel_accuracy: float = 0.93
+    # Pixel accuracy minus the split's own all-background accuracy: beat doing nothing.
+    min_accuracy_gain: float = 0.01
+    # Share of labelled facilities (>= 0.5 ha) of which >= 10 % is found.
+    min_facility_recall: float = 0.8
+    # Kept at the design card's 0.5: no model has yet passed the scene gate, so there is no
+    # spread of good models to set a floor from; three runs of today's default recipe score
+    # 0.037 / 0.062 / 0.089 here (benchmarks/results/scene_eval.md, docs/evaluation.md).
     min_iou: float = 0.5
-    # No regression against the latest blessed model: allowed drop (TFMA change threshold).
-    max_regression: float = 1e-10
+    # Allowed drop against the latest blessed model, per metric: the run-to-run spread (max -
+    # min) of three runs of the unchanged default recipe on the scene split: IoU 0.052 (the
+    # centred eval split's five runs so far: 0.434-0.489, 0.055), pixel accuracy 0.015,
+    # facility recall 0.029 (one of the split's 34 facilities). Was 1e-10, which refused
+    # about half of all retrainings of an unchanged recipe on noise alone.
+    max_drop: tuple[tuple[str, float], ...] = (
+        ("pixel_accuracy", 0.015),
+        ("iou", 0.055),
+        ("facility_recall", 0.03),
+    )
+    # Facility rule of the facility metrics (components.facility_metrics).
+    facility_min_area_ha: float = 0.5
+    facility_min_overlap: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, drop in self.max_drop:
+            if drop < 0:
+                raise ValueError(f"max_drop for {name} must be >= 0, got {drop}")
+        if self.facility_min_area_ha < 0 or not 0 < self.facility_min_overlap <= 1:
+            raise ValueError("facility_min_area_ha >= 0 and 0 < facility_min_overlap <= 1")
+
+    def lower_bounds(self) -> dict[str, float]:
+        return {
+            "pixel_accuracy": self.min_pixel_accuracy,
+            "accuracy_gain": self.min_accuracy_gain,
+            "facility_recall": self.min_facility_recall,
+            "iou": self.min_iou,
+        }
 
 
 @dataclass(frozen=True)

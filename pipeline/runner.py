@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import metadata
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
+from pipeline.evaluation import SplitEvaluation
 
 # Exit codes of `tailings run` (documented in the README).
 EXIT_BLESSED = 0
@@ -34,14 +35,33 @@ class RunSummary:
     converted: int | None = None
     rejected: list[dict] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    # Per split the Evaluators scored: the scene split (gate) first, then the eval tiles.
+    evaluations: dict[str, SplitEvaluation] = field(default_factory=dict)
+    scene_windows: int | None = None
     blessed: bool | None = None
     pushed_version: str | None = None
     pushed_path: str | None = None
     reused_version: bool = False
     error: str | None = None
+
+    @property
+    def gate(self) -> SplitEvaluation:
+        """The evaluation that decided the blessing (the scene split's)."""
+        return self.evaluations.get(nodes.SCENE_SPLIT) or SplitEvaluation(nodes.SCENE_SPLIT)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The gate split's overall metric values."""
+        return self.gate.values()
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Lower bounds the run applied on the gate split (its recorded EvalConfig)."""
+        return self.gate.lower_bounds()
+
+    @property
+    def failures(self) -> list[str]:
+        return self.gate.failures
 
     @property
     def exit_code(self) -> int:
@@ -55,19 +75,16 @@ class RunSummary:
         out = [f"run {self.run_id}: {self.seconds:.0f} s"]
         if self.converted is not None:
             out.append(f"pairs: {self.converted} converted, {len(self.rejected)} rejected")
+            if self.scene_windows is not None:
+                out.append(f"scene split: {self.scene_windows} windows cut from the eval tiles")
             out += [f"  rejected {r['id']}: {r['reason']} ({r['detail']})" for r in self.rejected]
         if self.anomalies:
             out.append(f"anomalies: {len(self.anomalies)} (run stopped before Transform)")
             out += [f"  {a}" for a in self.anomalies]
         elif self.converted is not None:
             out.append("anomalies: none")
-        if self.metrics:
-            out.append("evaluation (eval split):")
-            for name, value in sorted(self.metrics.items()):
-                bound = self.thresholds.get(name)
-                note = f"  (threshold >= {bound:g})" if bound is not None else ""
-                out.append(f"  {name:<28} {value:.4f}{note}")
-        out += [f"  missed: {f}" for f in self.failures]
+        for evaluation in self.evaluations.values():
+            out += evaluation_lines(evaluation)
         if self.blessed is not None:
             out.append("BLESSED" if self.blessed else "NOT BLESSED: nothing pushed")
         if self.pushed_path:
@@ -76,6 +93,35 @@ class RunSummary:
         if self.error:
             out.append(f"error: {self.error}")
         return out
+
+
+TILE_ROWS_SHOWN = 8  # the terminal shows the worst tiles; the report shows them all
+
+
+def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> list[str]:
+    """One split's metrics with intervals, its gates, and its worst tiles, for the terminal."""
+    out = [f"evaluation, {nodes.SPLIT_DESCRIPTIONS.get(e.split, e.split)}:"]
+    out.append(f"  {'metric':<24} value [95 % bootstrap interval]")
+    for name, estimate in sorted(e.metrics.items()):
+        out.append(f"  {name:<24} {estimate}")
+    for g in e.gates:
+        shown = (
+            "-" if g.value is None else f"{g.value:+.4f}" if g.kind != ">=" else f"{g.value:.4f}"
+        )
+        how = "vs. last blessed model, " if g.kind != ">=" else ""
+        verdict = "ok" if g.passed else "FAILED"
+        out.append(f"  gate {g.metric} {how}{g.kind} {g.bound:g}: {shown} {verdict}")
+    if e.tiles:
+        out.append(
+            f"  worst {min(tile_rows, len(e.tiles))} of {len(e.tiles)} by share of wrong pixels "
+            "(labelled / predicted tailings share, IoU):"
+        )
+        for row in e.tiles[:tile_rows]:
+            out.append(
+                f"    {row.pair_id:<26} {row.wrong_share:6.1%} of wrong pixels  "
+                f"{row.labelled_share:6.1%} / {row.predicted_share:6.1%}  IoU {row.iou:.3f}"
+            )
+    return out
 
 
 class _ComponentProgress(threading.Thread):
@@ -239,99 +285,37 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) 
 def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None) -> RunSummary:
     """Read one run's outcome from ML Metadata and the artifacts it points to."""
     from components.validation_gate import list_anomalies
+    from pipeline.evaluation import load_evaluation
 
     store = metadata.open_store(str(cfg.metadata_path))
     run = metadata.load_run(store, run_id)
     if run is None:
         return RunSummary(run_id=None, seconds=seconds, error="no run recorded")
     s = RunSummary(run_id=run.run_id, seconds=seconds)
-    report = run.artifact("ExampleGen", "conversion_report")
+    report = run.artifact(nodes.EXAMPLE_GEN, nodes.CONVERSION_REPORT)
     if report is not None:
         s.converted = metadata.custom(report, "converted")
+        s.scene_windows = metadata.custom(report, "scene_windows")
         rejected = os.path.join(report.uri, "rejected.jsonl")
         if os.path.exists(rejected):
             s.rejected = [json.loads(x) for x in open(rejected).read().splitlines() if x]
-    anomalies = run.artifact("ExampleValidator", "anomalies")
+    anomalies = run.artifact(nodes.EXAMPLE_VALIDATOR, nodes.ANOMALIES)
     if anomalies is not None:
         splits = json.loads(metadata.custom(anomalies, "split_names") or "[]") or [
-            "train",
-            "eval",
+            nodes.TRAIN_SPLIT,
+            nodes.EVAL_SPLIT,
         ]
         s.anomalies = [str(a) for a in list_anomalies(anomalies.uri, splits)]
-    evaluation = run.artifact("Evaluator", "evaluation")
-    if evaluation is not None:
-        s.metrics, s.failures = _evaluation(evaluation.uri)
-        s.thresholds = recorded_thresholds(evaluation.uri)
-    blessing = run.artifact("Evaluator", "blessing")
+    for node, split in nodes.EVALUATORS:
+        evaluation = run.artifact(node, nodes.EVALUATION)
+        if evaluation is not None:
+            s.evaluations[split] = load_evaluation(evaluation.uri, split)
+    blessing = run.artifact(nodes.SCENE_EVALUATOR, nodes.BLESSING)
     if blessing is not None:
         s.blessed = bool(metadata.custom(blessing, "blessed"))
-    pushed = run.artifact("Pusher", "pushed_model")
+    pushed = run.artifact(nodes.PUSHER, nodes.PUSHED_MODEL)
     if pushed is not None and metadata.custom(pushed, "pushed"):
         s.pushed_version = metadata.custom(pushed, "pushed_version")
         s.pushed_path = metadata.custom(pushed, "pushed_destination")
         s.reused_version = bool(metadata.custom(pushed, "reused_version"))
     return s
-
-
-def recorded_thresholds(evaluation_uri: str) -> dict[str, float]:
-    """Lower bounds from the EvalConfig TFMA stored with the evaluation.
-
-    A run may have used other thresholds than today's defaults (`--min-iou`); the summary
-    must judge its metrics by what that run applied.
-    """
-    from tensorflow_model_analysis.writers import eval_config_writer
-
-    from pipeline.pipeline import metric_name
-
-    eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
-    bounds: dict[str, float] = {}
-    for spec in eval_config.metrics_specs if eval_config is not None else ():
-        for config in spec.metrics:
-            value_threshold = config.threshold.value_threshold
-            if value_threshold.HasField("lower_bound"):
-                bounds[metric_name(config)] = value_threshold.lower_bound.value
-    return bounds
-
-
-def _bound(threshold) -> str:
-    """Human form of a TFMA MetricThreshold."""
-    if threshold.HasField("value_threshold"):
-        vt = threshold.value_threshold
-        parts = []
-        if vt.HasField("lower_bound"):
-            parts.append(f">= {vt.lower_bound.value:g}")
-        if vt.HasField("upper_bound"):
-            parts.append(f"<= {vt.upper_bound.value:g}")
-        return " and ".join(parts)
-    ct = threshold.change_threshold
-    return f"change >= {ct.absolute.value:g} (no regression)"
-
-
-def _evaluation(uri: str) -> tuple[dict[str, float], list[str]]:
-    """Overall metrics of the candidate model, and each threshold it missed."""
-    import tensorflow_model_analysis as tfma
-
-    values: dict[str, float] = {}
-    for sliced in tfma.load_metrics(uri):
-        if sliced.slice_key.single_slice_keys:
-            continue  # overall slice only
-        for keys_and_values in sliced.metric_keys_and_values:
-            key = keys_and_values.key
-            if key.model_name not in ("", "candidate") or key.is_diff:
-                continue
-            value = keys_and_values.value
-            if value.HasField("double_value"):
-                values[key.name] = value.double_value.value
-    failures = []
-    validation = tfma.load_validation_result(uri)
-    for per_slice in validation.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            key = failure.metric_key
-            label = key.name + (" change vs. last blessed model" if key.is_diff else "")
-            value = failure.metric_value.double_value.value
-            bound = _bound(failure.metric_threshold)
-            failures.append(
-                f"{label} = {value:.4f}, needs {bound}"
-                + (f" ({failure.message})" if failure.message else "")
-            )
-    return values, failures

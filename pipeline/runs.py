@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline import metadata
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.runner import summarize_run
 
@@ -14,21 +14,32 @@ def list_runs(cfg: PipelineConfig) -> list[str]:
     ids = metadata.run_ids(store)
     if not ids:
         return ["no runs recorded yet"]
-    header = f"{'run id':<28} {'started':<19} {'pairs':>5} {'pix.acc':>7} {'IoU':>6} {'F1':>6}  "
+    header = (
+        f"{'run id':<28} {'started':<19} {'pairs':>5}  {'scene IoU [95 % interval]':<26} "
+        f"{'pix.acc':>7} {'fac.rec':>7} {'tile IoU':>8}  "
+    )
     lines = [header + "blessed  pushed"]
     for run_id in reversed(ids):
         s = summarize_run(cfg, 0.0, run_id)
         run = metadata.load_run(store, run_id)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_ms / 1000))
+        scene = s.evaluations.get(nodes.SCENE_SPLIT)
+        tiles = s.evaluations.get(nodes.EVAL_SPLIT)
 
-        def metric(name: str, s=s) -> str:
-            return f"{s.metrics[name]:.3f}" if name in s.metrics else "-"
+        def metric(e, name: str, full: bool = False) -> str:
+            if e is None or name not in e.metrics:
+                return "-"
+            return str(e.metrics[name]) if full else f"{e.metrics[name].value:.3f}"
 
         blessed = "anomaly" if s.anomalies else {True: "yes", False: "no", None: "-"}[s.blessed]
         pushed = (s.pushed_version or "-") + (" (same)" if s.reused_version else "")
         lines.append(
-            f"{run_id:<28} {started:<19} {s.converted if s.converted is not None else '-':>5} "
-            f"{metric('pixel_accuracy'):>7} {metric('iou'):>6} {metric('f1'):>6}  "
+            f"{run_id:<28} {started:<19} {s.converted if s.converted is not None else '-':>5}  "
+            f"{metric(scene, 'iou', True):<26} {metric(scene, 'pixel_accuracy'):>7} "
+            f"{metric(scene, 'facility_recall'):>7} {metric(tiles, 'iou'):>8}  "
             f"{blessed:<8} {pushed}"
         )
+        if scene is not None and scene.gates:
+            applied = ", ".join(f"{g.metric} {g.kind} {g.bound:g}" for g in scene.gates)
+            lines.append(f"{'':<28} gates applied: {applied}")
     return lines

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline import metadata
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from schemas import features as F
 
@@ -23,7 +23,7 @@ def statistics_from_run(cfg: PipelineConfig, run_id: str | None = None):
     import tensorflow_data_validation as tfdv
 
     run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), run_id)
-    artifact = run.artifact("StatisticsGen", "statistics") if run else None
+    artifact = run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS) if run else None
     if artifact is None:
         raise FileNotFoundError(f"no StatisticsGen output in run {run_id or 'latest'}")
     return tfdv.load_stats_binary(os.path.join(artifact.uri, f"Split-{TRAIN_SPLIT}", STATS_FILE))

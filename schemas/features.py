@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # TensorFlow is imported lazily: the CLI and Beam planning st
 PAIR_ID = "pair_id"
 IMAGE = "image"  # little-endian float32 bytes, H x W x BANDS, in the file's band order
 MASK = "mask"  # raw uint8 bytes, H x W, values 0 (background) / 1 (tailings)
+# Mask value for pixels with no data (only in scene windows, where no tile lies): metrics skip
+# them; `tailings convert` refuses masks with any value but 0/1.
+MASK_NODATA = 255
 HEIGHT = "height"
 WIDTH = "width"
 BANDS = "bands"

@@ -37,8 +37,8 @@ from components.warmup import (
     image_example,
     serving_tile_size,
 )
+from data.geo import SQUARE_METRES_PER_HECTARE, AreaError, pixel_areas, polygon_area
 from serving.config import PredictConfig
-from serving.geo import SQUARE_METRES_PER_HECTARE, AreaError, pixel_areas, polygon_area
 
 MASK_NODATA = 255
 BANDS = 3

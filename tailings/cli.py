@@ -149,15 +149,18 @@ def _add_run(sub) -> None:
     )
     p.add_argument("--serving-dir", type=Path, default=d.serving_dir, help="default: %(default)s")
     p.add_argument("--model-name", default=d.model_name, help="default: %(default)s")
-    p.add_argument(
-        "--min-pixel-accuracy",
-        type=float,
-        default=t.min_pixel_accuracy,
-        help="blessing threshold (default: %(default)s)",
-    )
-    p.add_argument(
-        "--min-iou", type=float, default=t.min_iou, help="blessing threshold (default: %(default)s)"
-    )
+    for flag, default, what in (
+        ("--min-pixel-accuracy", t.min_pixel_accuracy, "pixel accuracy"),
+        ("--min-accuracy-gain", t.min_accuracy_gain, "pixel accuracy minus all-background's"),
+        ("--min-facility-recall", t.min_facility_recall, "share of facilities found"),
+        ("--min-iou", t.min_iou, "tailings IoU"),
+    ):
+        p.add_argument(
+            flag,
+            type=float,
+            default=default,
+            help=f"blessing threshold on the scene split: {what} (default: %(default)s)",
+        )
     p.add_argument("--workers", type=int, default=d.workers, help="Beam workers")
     p.set_defaults(func=_run)
 
@@ -178,7 +181,12 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         epochs=args.epochs,
         overrides=tuple(args.overrides),
         workers=args.workers,
-        thresholds=Thresholds(min_pixel_accuracy=args.min_pixel_accuracy, min_iou=args.min_iou),
+        thresholds=Thresholds(
+            min_pixel_accuracy=args.min_pixel_accuracy,
+            min_accuracy_gain=args.min_accuracy_gain,
+            min_facility_recall=args.min_facility_recall,
+            min_iou=args.min_iou,
+        ),
     )
     try:
         cfg.trainer()  # a bad --set fails here, before any component runs

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import metadata
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
+from pipeline.evaluation import SplitEvaluation
 from pipeline.reports import html as h
 from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
@@ -32,6 +33,8 @@ class RunReport:
     history: dict[str, list[float]] = field(default_factory=dict)
     curves_png: bytes | None = None
     figures: list[tuple[str, bytes]] = field(default_factory=list)
+    # Per evaluated split: (pair id, PNG of the RGB with FP/FN coloured), worst first.
+    error_maps: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
 
 
 def load_report(
@@ -41,18 +44,22 @@ def load_report(
     from components.example_gen import SUMMARY_FILE
 
     run = open_run(cfg, run_id)
-    nodes = sorted(run.nodes.values(), key=lambda n: n.start_ms)
-    seconds = (max(n.end_ms for n in nodes) - min(n.start_ms for n in nodes)) / 1e3 if nodes else 0
+    node_runs = sorted(run.nodes.values(), key=lambda n: n.start_ms)
+    seconds = (
+        (max(n.end_ms for n in node_runs) - min(n.start_ms for n in node_runs)) / 1e3
+        if node_runs
+        else 0
+    )
     report = RunReport(
         summary=summarize_run(cfg, seconds, run.run_id),
         started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_ms / 1e3)),
-        nodes=nodes,
+        nodes=node_runs,
     )
-    conversion = run.artifact("ExampleGen", "conversion_report")
+    conversion = run.artifact(nodes.EXAMPLE_GEN, nodes.CONVERSION_REPORT)
     if conversion is not None and os.path.exists(os.path.join(conversion.uri, SUMMARY_FILE)):
         counts = json.loads(Path(conversion.uri, SUMMARY_FILE).read_text())
         report.split_counts = counts.get("converted_by_split", {})
-    model_run = run.artifact("Trainer", "model_run")
+    model_run = run.artifact(nodes.TRAINER, nodes.MODEL_RUN)
     if model_run is not None:
         folder = Path(model_run.uri)
         if (folder / trainer_lib.HISTORY_FILE).exists():
@@ -61,7 +68,25 @@ def load_report(
             report.curves_png = (folder / trainer_lib.CURVES_FILE).read_bytes()
         pngs = sorted((folder / trainer_lib.FIGURES_DIR).glob("*.png"))[: rc.max_figures]
         report.figures = [(p.stem, p.read_bytes()) for p in pngs]
+    report.error_maps = _error_maps(run, report.summary)
     return report
+
+
+def _error_maps(run: metadata.RunRecord, s: RunSummary) -> dict[str, list[tuple[str, bytes]]]:
+    """Every evaluated example of every split, predicted again by the run's model."""
+    from pipeline.reports import overlays
+
+    model = run.artifact(nodes.TRAINER, nodes.MODEL)
+    examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
+    model_dir = os.path.join(model.uri, "Format-Serving") if model is not None else ""
+    if examples is None or not os.path.isdir(model_dir):
+        return {}
+    maps = {}
+    for split, evaluation in s.evaluations.items():
+        order = [row.pair_id for row in evaluation.tiles]
+        found = overlays.read_examples(examples.uri, split)
+        maps[split] = list(overlays.error_maps(model_dir, found, order))
+    return maps
 
 
 def _verdict(s: RunSummary) -> tuple[str, str]:
@@ -94,6 +119,7 @@ def report_html(report: RunReport) -> str:
     body += [
         _data(report),
         _evaluation(report),
+        _error_section(report),
         _model(s),
         _training(report),
         _figures(report),
@@ -124,39 +150,107 @@ def _data(report: RunReport) -> str:
 
 
 def _evaluation(report: RunReport) -> str:
+    s = report.summary
+    if not s.evaluations:
+        return h.section("Evaluation", h.note("This run has no evaluation.", "alert"))
+    parts = []
+    for evaluation in s.evaluations.values():
+        parts += _split_evaluation(evaluation)
+    return h.section("Evaluation", *parts)
+
+
+def _split_evaluation(e: SplitEvaluation) -> list[str]:
+    """One split: metrics with bootstrap intervals, the gates, every tile worst first."""
     from components.metrics import ALL_BACKGROUND_ACCURACY, PIXEL_ACCURACY
 
-    s = report.summary
-    if not s.metrics:
-        return h.section("Evaluation", h.note("This run has no evaluation.", "alert"))
-    rows, classes = [], []
-    for name, value in sorted(s.metrics.items()):
-        bound = s.thresholds.get(name)
-        if name == ALL_BACKGROUND_ACCURACY:
-            result, css = "baseline", ""
-        elif bound is None:
-            result, css = "", ""
-        else:
-            result, css = ("pass", "good") if value >= bound else ("fail", "bad")
-        shown = "-" if bound is None else f">= {bound:g}"
-        rows.append((name, f"{value:.4f}", shown, result))
-        classes.append(css)
-    parts = [h.table(("metric (eval split)", "value", "threshold", "result"), rows, classes)]
-    baseline = s.metrics.get(ALL_BACKGROUND_ACCURACY)
-    accuracy = s.metrics.get(PIXEL_ACCURACY)
+    parts = [f"<h3>{h.esc(nodes.SPLIT_DESCRIPTIONS.get(e.split, e.split))}</h3>"]
+    rows = [(name, str(estimate)) for name, estimate in sorted(e.metrics.items())]
+    parts.append(h.table((f"metric ({e.split} split)", "value [95 % bootstrap interval]"), rows))
+    if e.gates:
+        gate_rows, classes = [], []
+        for g in e.gates:
+            shown = "-" if g.value is None else f"{g.value:.4f}"
+            what = g.metric + (" (change vs. last blessed model)" if g.kind != ">=" else "")
+            gate_rows.append((what, shown, f"{g.kind} {g.bound:g}", "pass" if g.passed else "fail"))
+            classes.append("good" if g.passed else "bad")
+        parts.append(
+            "<p>Blessing gates this run applied (read from its Evaluator's recorded config; "
+            "a value other than today's default was set by the run):</p>"
+        )
+        parts.append(h.table(("gate", "value", "threshold", "result"), gate_rows, classes))
+        overridden = _overridden(e)
+        if overridden:
+            parts.append(h.note("Thresholds overridden by this run: " + overridden, "alert"))
+    baseline = e.metrics.get(ALL_BACKGROUND_ACCURACY)
+    accuracy = e.metrics.get(PIXEL_ACCURACY)
     if baseline is not None and accuracy is not None:
         parts.append(
             "<p>Predicting &ldquo;no tailings&rdquo; everywhere would score a pixel accuracy of "
-            f"<b>{baseline:.4f}</b> on this eval split; the model scores <b>{accuracy:.4f}</b> "
-            f"({accuracy - baseline:+.4f}). IoU and F1 of the tailings class say whether it "
-            "finds the tailings themselves.</p>"
+            f"<b>{baseline.value:.4f}</b> on this split; the model scores "
+            f"<b>{accuracy.value:.4f}</b> ({accuracy.value - baseline.value:+.4f}).</p>"
         )
-        if accuracy <= baseline:
+        if accuracy.value <= baseline.value:
             parts.append(h.note("The model is no better than predicting no tailings.", "alert"))
-    if s.failures:
-        items = "".join(f"<li>{h.esc(f)}</li>" for f in s.failures)
-        parts.append(f"<div class='alert'>Missed:<ul>{items}</ul></div>")
-    return h.section("Evaluation", *parts)
+    if e.tiles:
+        tile_rows = [
+            (
+                t.pair_id,
+                f"{t.labelled_share:.1%}",
+                f"{t.predicted_share:.1%}",
+                f"{t.iou:.3f}",
+                f"{t.wrong_share:.1%}",
+            )
+            for t in e.tiles
+        ]
+        parts.append(f"<p>All {len(e.tiles)} examples (TFMA slices by pair id), worst first:</p>")
+        parts.append(
+            h.table(
+                ("pair", "labelled tailings", "predicted tailings", "IoU", "share of wrong px"),
+                tile_rows,
+            )
+        )
+    return parts
+
+
+def _overridden(e: SplitEvaluation) -> str:
+    """The gates whose bound differs from today's defaults, as 'name bound (default d)'."""
+    from pipeline.config import Thresholds
+
+    defaults = Thresholds()
+    expected = {**{(n, ">="): b for n, b in defaults.lower_bounds().items()}}
+    expected.update({(n, "drop <="): d for n, d in defaults.max_drop})
+    changed = [
+        f"{g.metric} {g.kind} {g.bound:g} (default {expected[(g.metric, g.kind)]:g})"
+        for g in e.gates
+        if (g.metric, g.kind) in expected and abs(expected[(g.metric, g.kind)] - g.bound) > 1e-12
+    ]
+    return "; ".join(changed)
+
+
+def _error_section(report: RunReport) -> str:
+    from pipeline.reports import overlays
+
+    if not report.error_maps:
+        return ""
+    rows = {
+        split: {row.pair_id: row for row in report.summary.evaluations[split].tiles}
+        for split in report.error_maps
+    }
+    legend = (
+        "<p>Each evaluated example, worst first (most of the split's wrong pixels): RGB (B4, B3, "
+        f"B2) with false positives in magenta {overlays.FALSE_POSITIVE}, false negatives in cyan "
+        f"{overlays.FALSE_NEGATIVE}, correctly found tailings in gold; no data grey.</p>"
+    )
+    parts = [legend]
+    for split, maps in report.error_maps.items():
+        parts.append(f"<h3>{h.esc(nodes.SPLIT_DESCRIPTIONS.get(split, split))}</h3>")
+        figures = []
+        for pair_id, png in maps:
+            row = rows[split][pair_id]
+            caption = f"{pair_id}: IoU {row.iou:.2f}, {row.wrong_share:.0%} of wrong pixels"
+            figures.append(h.figure(plots.data_uri(png), caption=caption))
+        parts.append("<div class='grid'>" + "".join(figures) + "</div>")
+    return h.section("Where the errors are", *parts)
 
 
 def _model(s: RunSummary) -> str:

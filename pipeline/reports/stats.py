@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.validation_gate import Anomaly, list_anomalies
-from pipeline import metadata
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.reports.config import DEFAULTS, ReportConfig
 
@@ -99,7 +99,7 @@ def from_run(cfg: PipelineConfig, run_id: str | None = None) -> DataStats:
     from pipeline.runner import summarize_run
 
     run = open_run(cfg, run_id)
-    artifact = run.artifact("StatisticsGen", "statistics")
+    artifact = run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS)
     if artifact is None:
         raise ReportError(f"run {run.run_id} has no StatisticsGen output (it stopped earlier)")
     splits = json.loads(metadata.custom(artifact, "split_names") or "[]")
@@ -111,7 +111,7 @@ def from_run(cfg: PipelineConfig, run_id: str | None = None) -> DataStats:
     if not statistics:
         raise ReportError(f"run {run.run_id}: no {STATS_FILE} under {artifact.uri}")
     summary = summarize_run(cfg, 0.0, run.run_id)  # the rejected pairs, as `tailings run` shows
-    examples = run.artifact("ExampleGen", "examples")
+    examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
     files = {
         split: sorted(glob.glob(os.path.join(examples.uri, f"Split-{split}", "*")))
         for split in statistics
@@ -128,7 +128,7 @@ def from_run(cfg: PipelineConfig, run_id: str | None = None) -> DataStats:
 
 def _anomalies_of_run(run: metadata.RunRecord) -> list[Anomaly]:
     """The ExampleValidator's anomalies by split and feature (the pages highlight the rows)."""
-    artifact = run.artifact("ExampleValidator", "anomalies")
+    artifact = run.artifact(nodes.EXAMPLE_VALIDATOR, nodes.ANOMALIES)
     if artifact is None:
         return []
     return list_anomalies(

@@ -6,6 +6,7 @@ cache makes them cheap and exercises caching itself.
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ import tensorflow as tf
 
 from components import trainer_lib
 from components.config import ModelConfig, TrainConfig, TrainerConfig
+from components.example_gen import SCENE_LAYOUT_FILE
 from data.examples import to_example
 from data.pairs import PairSpec, load_pair
-from pipeline import metadata
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig, Thresholds
 from pipeline.runner import EXIT_ANOMALIES, EXIT_BLESSED, EXIT_NOT_BLESSED, run_pipeline
 from pipeline.runs import list_runs
@@ -42,20 +44,56 @@ def test_blessed_model_is_pushed_as_version_1(first_run):
     assert not [p for p in cfg.push_dir.iterdir() if p.name.startswith(".tmp")]
 
 
-def test_tfma_reports_every_metric(first_run):
+def test_tfma_reports_every_metric_on_both_splits_with_intervals(first_run):
     _, summary = first_run
-    for name in (
-        "pixel_accuracy",
-        "iou",
-        "precision",
-        "recall",
-        "f1",
-        "auc",
-        "all_background_accuracy",
-        "mean_tile_iou",
-    ):
-        assert name in summary.metrics, sorted(summary.metrics)
-        assert 0.0 <= summary.metrics[name] <= 1.0
+    assert list(summary.evaluations) == ["scene", "eval"]
+    for split, evaluation in summary.evaluations.items():
+        for name in (
+            "pixel_accuracy",
+            "iou",
+            "precision",
+            "recall",
+            "f1",
+            "auc",
+            "all_background_accuracy",
+            "accuracy_gain",
+            "mean_tile_iou",
+            "facility_recall",
+            "labelled_share",
+            "predicted_share",
+        ):
+            assert name in evaluation.metrics, (split, sorted(evaluation.metrics))
+            estimate = evaluation.metrics[name]
+            if not np.isnan(estimate.value):
+                assert -1.0 <= estimate.value <= 1.0, (split, name, estimate)
+        iou = evaluation.metrics["iou"]
+        assert iou.low is not None and iou.low <= iou.high, (split, iou)
+    # The gate is judged on the scene split only; the eval tiles are reported.
+    assert {g.metric for g in summary.evaluations["scene"].gates} >= {"iou", "pixel_accuracy"}
+    assert summary.evaluations["eval"].gates == []
+    lines = "\n".join(summary.lines())
+    assert "scene split:" in lines and "eval split:" in lines and "gate iou >= 0" in lines
+
+
+def test_scene_split_is_cut_from_the_eval_pairs(first_run):
+    cfg, summary = first_run
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
+    examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
+    report = run.artifact(nodes.EXAMPLE_GEN, nodes.CONVERSION_REPORT)
+    layout_file = Path(report.uri) / SCENE_LAYOUT_FILE
+    layout = json.loads(layout_file.read_text())
+    tiled = sorted(t["pair_id"] for m in layout["mosaics"] for t in m["tiles"])
+    eval_ids = sorted(row.pair_id for row in summary.evaluations["eval"].tiles)
+    assert tiled == eval_ids and eval_ids  # every eval tile, and nothing else
+    windows = sorted(row.pair_id for row in summary.evaluations["scene"].tiles)
+    assert len(windows) == summary.scene_windows > len(eval_ids)
+    assert all(w.startswith("scene") for w in windows)
+    files = sorted((Path(examples.uri) / "Split-scene").glob("*.gz"))
+    assert len(files) == len(layout["mosaics"])
+    # Per-example rows are TFMA slices: shares of the wrong pixels add up to the whole split.
+    for evaluation in summary.evaluations.values():
+        total = sum(row.wrong_share for row in evaluation.tiles)
+        assert total == pytest.approx(1.0) or total == 0.0
 
 
 def test_three_signatures_give_the_same_probabilities(first_run, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from data.geo import pixel_areas
 from serving.config import PredictConfig
-from serving.geo import pixel_areas
 from serving.predict import (
     LocalModel,
     PredictError,

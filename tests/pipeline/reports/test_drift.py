@@ -37,7 +37,8 @@ def test_a_schema_without_comparators_is_refused(tmp_path):
 @pytest.mark.slow
 def test_a_run_against_itself_has_zero_divergence(run_stats):
     found = drift_lib.compare(run_stats, run_stats, drift_lib.load_schema())
-    assert {(d.split, d.reference_split) for d in found} == {("train", "train"), ("eval", "eval")}
+    pairs = {(d.split, d.reference_split) for d in found}
+    assert pairs == {("train", "train"), ("eval", "eval"), ("scene", "scene")}
     assert {d.feature for d in found} == set(F.SUMMARY_FEATURES)
     assert all(d.measure == "JENSEN_SHANNON_DIVERGENCE" for d in found)
     assert all(d.value == pytest.approx(0.0, abs=1e-9) and not d.drifted for d in found)

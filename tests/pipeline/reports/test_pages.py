@@ -92,12 +92,23 @@ def test_run_page_shows_outcome_metrics_curves_and_figures(run_page, pipeline_ru
     page = run_page.read_text()
     assert not EXTERNAL.search(page)
     assert summary.run_id in page and "BLESSED" in page
-    assert "baseline" in metric_row(page, "all_background_accuracy")
-    # judged by the run's own min_iou (0.0), not PipelineConfig's default 0.5
-    assert metric_row(page, "iou").endswith("<td>&gt;= 0</td><td>pass</td></tr>")
+    # both splits, named; every metric with its bootstrap interval
+    assert "scene split: windows of mosaicked eval tiles" in page
+    assert "eval split: the study&#x27;s tiles" in page or "eval split: the study's tiles" in page
+    assert re.search(r"<td>\d\.\d{4} \[-?\d\.\d{4}, \d\.\d{4}\]</td>", metric_row(page, "iou"))
+    # judged by the run's own min_iou (0.0), not PipelineConfig's default 0.5, and flagged
+    gate = r"<tr[^>]*><td class='text'>iou</td><td>[^<]*</td><td>&gt;= 0</td><td>pass</td></tr>"
+    assert re.search(gate, page)
+    assert "Thresholds overridden by this run" in page and "iou &gt;= 0 (default 0.5)" in page
+    # every eval tile and scene window is listed (TFMA slices), worst first
+    for row in summary.evaluations["eval"].tiles + summary.evaluations["scene"].tiles:
+        assert f"<td class='text'>{row.pair_id}</td>" in page
     assert "pushed as version 1" in page
-    # training curves + the Trainer's figures (max_figures=2 in the tiny config)
-    assert len(images(page)) == 1 + cfg.trainer().train.max_figures
+    # training curves + the Trainer's figures (max_figures=2 in the tiny config) + an error map
+    # of every evaluated tile and window
+    examples = sum(len(e.tiles) for e in summary.evaluations.values())
+    assert len(images(page)) == 1 + cfg.trainer().train.max_figures + examples
+    assert "Where the errors are" in page
 
 
 def assert_offline_and_visible(page: Path, chromium: str) -> None:

@@ -35,8 +35,13 @@ def test_a_run_stopped_by_anomalies_gets_a_page_without_training():
 def test_report_uses_the_thresholds_the_run_applied(pipeline_run):
     cfg, summary = pipeline_run
     report = load_report(cfg, summary.run_id)
-    # The tiny run used min_pixel_accuracy 0.5 and min_iou 0.0, not PipelineConfig's defaults.
-    assert report.summary.thresholds == {"pixel_accuracy": 0.5, "iou": 0.0}
+    # The tiny run used its own bounds (tests/fixtures/pipeline.py), not PipelineConfig's.
+    assert report.summary.thresholds == {
+        "pixel_accuracy": 0.5,
+        "accuracy_gain": -1.0,
+        "facility_recall": 0.0,
+        "iou": 0.0,
+    }
 
 
 @pytest.mark.slow

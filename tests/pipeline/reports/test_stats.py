@@ -51,9 +51,10 @@ def test_raw_digital_numbers_are_anomalies_in_a_folder(raw_dn_folder):
 
 @pytest.mark.slow
 def test_run_statistics_have_both_splits_and_their_examples(run_stats):
-    assert sorted(run_stats.statistics) == ["eval", "train"]
-    total = sum(d.num_examples for d in run_stats.statistics.values())
+    assert sorted(run_stats.statistics) == ["eval", "scene", "train"]
+    total = sum(run_stats.statistics[s].num_examples for s in ("train", "eval"))
     assert total == PAIRS
+    assert run_stats.statistics["scene"].num_examples > run_stats.statistics["eval"].num_examples
     assert run_stats.anomalies == [] and run_stats.rejected == []
     assert all(run_stats.example_files[s] for s in ("train", "eval"))
     only_eval = run_stats.only("eval")

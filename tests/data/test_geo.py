@@ -9,7 +9,7 @@ import pytest
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
-from serving.geo import AreaError, Ellipsoid, ellipsoid_of, pixel_areas, polygon_area, ring_area
+from data.geo import AreaError, Ellipsoid, ellipsoid_of, pixel_areas, polygon_area, ring_area
 
 WGS84 = CRS.from_epsg(4326)
 WGS84_SURFACE_M2 = 510_065_621.724e6  # the ellipsoid's total area (NIMA TR8350.2, table 3.5)

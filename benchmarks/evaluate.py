@@ -1,0 +1,154 @@
+"""Score trained models on a run's eval tiles and scene windows with the Evaluator's own config.
+
+The pipeline's Evaluators score one model per run. To compare models of one recipe (the
+run-to-run spread that the no-regression tolerances come from) or of several recipes on the
+same splits, this runs TFMA with exactly the pipeline's `eval_config` (metrics, per-tile
+slices, bootstrap intervals) on each model and split, and writes one table.
+
+    .venv/bin/python benchmarks/evaluate.py --examples outputs/pipeline/ExampleGen/examples/7 \
+        --model run_a=/tmp/a/serving/tailings/1 --model run_b=/tmp/b/serving/tailings/1 \
+        --out benchmarks/results/scene_eval
+
+Models: any SavedModel the pipeline's Trainer exports (pushed version folders included).
+Examples: an ExampleGen `examples` artifact folder (`Split-eval/`, `Split-scene/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _env  # noqa: F401  (environment before TensorFlow)
+
+SPLITS = ("scene", "eval")
+SHOWN = (
+    "iou",
+    "pixel_accuracy",
+    "all_background_accuracy",
+    "accuracy_gain",
+    "f1",
+    "facility_recall",
+    "facility_precision",
+    "median_area_error_ha",
+    "mean_tile_iou",
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--examples", type=Path, required=True, help="ExampleGen examples folder")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR", help="repeatable")
+    p.add_argument("--splits", default=",".join(SPLITS), help="default: %(default)s")
+    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    args = p.parse_args(argv)
+    models = {}
+    for item in args.model:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder, "saved_model.pb").is_file():
+            p.error(f"--model {item}: give NAME=DIR, DIR a SavedModel folder")
+        models[name] = Path(folder)
+    args.models = models
+    args.splits = [s for s in args.splits.split(",") if s]
+    for split in args.splits:
+        if not list((args.examples / f"Split-{split}").glob("*")):
+            p.error(f"{args.examples}/Split-{split}: no example files")
+    return args
+
+
+def evaluate(model_dir: Path, files: str, split: str):
+    """TFMA with the pipeline's eval config (no gate: nothing to bless here)."""
+    import tensorflow_model_analysis as tfma
+
+    from pipeline.config import PipelineConfig
+    from pipeline.evaluation import load_evaluation
+    from pipeline.pipeline import eval_config
+
+    config = eval_config(PipelineConfig(), gate=False)
+    model = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=config)
+    with tempfile.TemporaryDirectory() as out:
+        tfma.run_model_analysis(
+            eval_shared_model=model,
+            eval_config=config,
+            data_location=files,
+            file_format="tfrecords",
+            output_path=out,
+        )
+        return load_evaluation(out, split)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    results: dict = {"models": {}, "examples": str(args.examples)}
+    for name, folder in args.models.items():
+        results["models"][name] = {"path": str(folder)}
+        for split in args.splits:
+            start = time.monotonic()
+            e = evaluate(folder, str(args.examples / f"Split-{split}" / "*"), split)
+            seconds = time.monotonic() - start
+            results["models"][name][split] = {
+                "seconds": round(seconds, 1),
+                "examples": len(e.tiles),
+                "metrics": {
+                    k: {"value": v.value, "low": v.low, "high": v.high}
+                    for k, v in e.metrics.items()
+                },
+                "worst": [row.__dict__ for row in e.tiles[:5]],
+            }
+            print(f"{name} {split}: iou {e.metrics['iou']} ({seconds:.0f} s)", file=sys.stderr)
+    results["spread"] = spread(results["models"], args.splits)
+    results["machine"] = {"python": platform.python_version(), "node": platform.node()}
+    table = markdown(results, args.splits)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
+def spread(models: dict, splits: list[str]) -> dict:
+    """Per split and metric: max - min over the models (the run-to-run spread)."""
+    out: dict = {}
+    for split in splits:
+        for metric in SHOWN:
+            values = [
+                m[split]["metrics"][metric]["value"]
+                for m in models.values()
+                if metric in m[split]["metrics"]
+            ]
+            if len(values) > 1:
+                out.setdefault(split, {})[metric] = max(values) - min(values)
+    return out
+
+
+def markdown(results: dict, splits: list[str]) -> str:
+    lines = [f"Examples: `{results['examples']}`", ""]
+    for split in splits:
+        lines += [f"### {split} split", ""]
+        lines.append("| model | examples | " + " | ".join(SHOWN) + " |")
+        lines.append("|---" * (len(SHOWN) + 2) + "|")
+        for name, m in results["models"].items():
+            cells = []
+            for metric in SHOWN:
+                v = m[split]["metrics"].get(metric)
+                if v is None:
+                    cells.append("-")
+                elif v["low"] is None:
+                    cells.append(f"{v['value']:.3f}")
+                else:
+                    cells.append(f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]")
+            lines.append(f"| {name} | {m[split]['examples']} | " + " | ".join(cells) + " |")
+        if split in results["spread"]:
+            cells = [f"{results['spread'][split].get(k, float('nan')):.3f}" for k in SHOWN]
+            lines.append("| spread (max - min) | | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

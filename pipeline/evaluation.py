@@ -1,0 +1,200 @@
+"""Read an Evaluator's TFMA output back: overall metrics with intervals, per-tile rows, gates.
+
+Both Evaluators (scene split, centred eval tiles) write TFMA's standard output; the run
+summary, `tailings runs` and `tailings report` all read it through `load_evaluation`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from schemas import features
+
+# Metric names read here (components.metrics / components.facility_metrics define them; the
+# strings are repeated so the CLI can format a summary without importing TensorFlow first).
+IOU = "iou"
+WRONG_PIXELS = "wrong_pixels"
+LABELLED_SHARE = "labelled_share"
+PREDICTED_SHARE = "predicted_share"
+
+
+# TFMA's bootstrap interval is value +- t * standard error, which can pass a metric's range
+# (an AUC of 1.03 on a few examples); shown clipped to it.
+UNIT_RANGE = (0.0, 1.0)
+NON_NEGATIVE = (0.0, math.inf)
+RANGES = {
+    "median_area_error_ha": NON_NEGATIVE,
+    "valid_pixels": NON_NEGATIVE,
+    "wrong_pixels": NON_NEGATIVE,
+    "example_count": NON_NEGATIVE,
+    "accuracy_gain": (-1.0, 1.0),
+}
+
+
+def _clipped(name: str, bound: float | None) -> float | None:
+    if bound is None:
+        return None
+    low, high = RANGES.get(name, UNIT_RANGE)
+    return min(max(bound, low), high)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric's value and its bootstrap 95 % interval (None when TFMA gave none), the
+    interval clipped to the metric's range."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    def __str__(self) -> str:
+        if self.low is None or self.high is None:
+            return f"{self.value:.4f}"
+        return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+@dataclass(frozen=True)
+class TileRow:
+    """One example's slice: a tile of the eval split, or a window of the scene split."""
+
+    pair_id: str
+    labelled_share: float
+    predicted_share: float
+    iou: float
+    wrong_share: float  # share of the split's wrong pixels that lie in this tile
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold the Evaluator applied on the whole split, and whether the model met it."""
+
+    metric: str
+    kind: str  # ">=" (value) or "drop <=" (change against the last blessed model)
+    bound: float
+    value: float | None
+    passed: bool
+
+
+@dataclass
+class SplitEvaluation:
+    split: str
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+    tiles: list[TileRow] = field(default_factory=list)
+    gates: list[Gate] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    changes: dict[str, float] = field(default_factory=dict)  # candidate - last blessed model
+
+    def values(self) -> dict[str, float]:
+        return {name: e.value for name, e in self.metrics.items()}
+
+    def lower_bounds(self) -> dict[str, float]:
+        return {g.metric: g.bound for g in self.gates if g.kind == ">="}
+
+
+def _number(value) -> float | None:
+    if value.HasField("double_value"):
+        return value.double_value.value
+    return None
+
+
+def _slice_id(slice_key) -> str | None:
+    """The pair id of a per-example slice; None for the overall slice."""
+    for single in slice_key.single_slice_keys:
+        if single.column == features.PAIR_ID:
+            kind = single.WhichOneof("kind")
+            raw = getattr(single, kind)
+            return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return None
+
+
+def load_evaluation(uri: str, split: str) -> SplitEvaluation:
+    """Metrics (candidate model, not the diff against the baseline), tiles and gates."""
+    import tensorflow_model_analysis as tfma
+
+    result = SplitEvaluation(split=split)
+    per_tile: dict[str, dict[str, float]] = {}
+    for sliced in tfma.load_metrics(uri):
+        pair_id = _slice_id(sliced.slice_key)
+        if sliced.slice_key.single_slice_keys and pair_id is None:
+            continue
+        for kv in sliced.metric_keys_and_values:
+            key = kv.key
+            value = _number(kv.value)
+            if key.model_name not in ("", "candidate") or value is None:
+                continue
+            if key.is_diff:
+                if pair_id is None:
+                    result.changes[key.name] = value
+                continue
+            if pair_id is not None:
+                per_tile.setdefault(pair_id, {})[key.name] = value
+                continue
+            low = high = None
+            if kv.HasField("confidence_interval"):
+                low = _number(kv.confidence_interval.lower_bound)
+                high = _number(kv.confidence_interval.upper_bound)
+            result.metrics[key.name] = Estimate(
+                value, _clipped(key.name, low), _clipped(key.name, high)
+            )
+    total_wrong = result.metrics.get(WRONG_PIXELS, Estimate(0.0)).value
+    result.tiles = sorted(
+        (
+            TileRow(
+                pair_id=pid,
+                labelled_share=m.get(LABELLED_SHARE, math.nan),
+                predicted_share=m.get(PREDICTED_SHARE, math.nan),
+                iou=m.get(IOU, math.nan),
+                wrong_share=m.get(WRONG_PIXELS, 0.0) / total_wrong if total_wrong else 0.0,
+            )
+            for pid, m in per_tile.items()
+        ),
+        key=lambda row: (-row.wrong_share, row.pair_id),
+    )
+    result.gates, result.failures = _gates(uri, result)
+    return result
+
+
+def _gates(uri: str, result: SplitEvaluation) -> tuple[list[Gate], list[str]]:
+    """Thresholds from the EvalConfig TFMA stored with the evaluation (what that run applied,
+    not today's defaults), each with the run's value, and TFMA's own failure messages."""
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    eval_config = eval_config_writer.load_eval_run(uri)[0]
+    validation = tfma.load_validation_result(uri)
+    failed: dict[tuple[str, bool], float] = {}
+    failures = []
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            key = failure.metric_key
+            value = failure.metric_value.double_value.value
+            failed[(key.name, key.is_diff)] = value
+            what = f"{key.name} change vs. last blessed model" if key.is_diff else key.name
+            failures.append(f"{what} = {value:+.4f}" if key.is_diff else f"{what} = {value:.4f}")
+    gates = []
+    for spec in eval_config.metrics_specs if eval_config is not None else ():
+        for config in spec.metrics:
+            name = metric_name(config)
+            thresholds = [t.threshold for t in config.per_slice_thresholds]
+            if config.HasField("threshold"):
+                thresholds.append(config.threshold)
+            for threshold in thresholds:
+                value = result.metrics.get(name)
+                if threshold.HasField("value_threshold"):
+                    bound = threshold.value_threshold.lower_bound.value
+                    gates.append(
+                        Gate(name, ">=", bound, value and value.value, (name, False) not in failed)
+                    )
+                if threshold.HasField("change_threshold"):
+                    drop = -threshold.change_threshold.absolute.value
+                    change = result.changes.get(name, failed.get((name, True)))
+                    gates.append(Gate(name, "drop <=", drop, change, (name, True) not in failed))
+    return gates, failures
+
+
+def metric_name(config) -> str:
+    """The name TFMA reports a metric under: its config's `name`, else the class name."""
+    import json
+
+    return json.loads(config.config or "{}").get("name", config.class_name)

@@ -1,0 +1,46 @@
+"""Node ids of the pipeline and the output keys read back from ML Metadata, in one place.
+
+`pipeline.pipeline` gives the components these ids; the run summary, `tailings runs`, the
+reports and the tests read artifacts by them.
+"""
+
+from __future__ import annotations
+
+from components.example_gen import EXAMPLES_KEY, REPORT_KEY
+from data.config import SceneConfig
+
+# Node ids (component ids in ML Metadata and folder names under the pipeline root).
+EXAMPLE_GEN = "ExampleGen"
+SCHEMA_GEN = "ImportSchemaGen"
+STATISTICS_GEN = "StatisticsGen"
+EXAMPLE_VALIDATOR = "ExampleValidator"
+VALIDATION_GATE = "ExampleValidationGate"
+TRANSFORM = "Transform"
+TRAINER = "Trainer"
+BASELINE_RESOLVER = "latest_blessed_model_resolver"
+# Two Evaluators: the scene split decides the blessing; the centred eval tiles are reported.
+SCENE_EVALUATOR = "Evaluator"
+TILE_EVALUATOR = "TileEvaluator"
+PUSHER = "Pusher"
+
+# Output keys.
+EXAMPLES = EXAMPLES_KEY
+CONVERSION_REPORT = REPORT_KEY
+STATISTICS = "statistics"
+ANOMALIES = "anomalies"
+MODEL = "model"
+MODEL_RUN = "model_run"
+EVALUATION = "evaluation"
+BLESSING = "blessing"
+PUSHED_MODEL = "pushed_model"
+
+# Splits: ExampleGen's, and which Evaluator scores which.
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+SCENE_SPLIT = SceneConfig.name  # "scene"
+EVALUATORS = ((SCENE_EVALUATOR, SCENE_SPLIT), (TILE_EVALUATOR, EVAL_SPLIT))
+SPLIT_DESCRIPTIONS = {
+    SCENE_SPLIT: "scene split: windows of mosaicked eval tiles at offsets that never line up "
+    "with a tile (how `tailings predict` sees a scene); decides the blessing",
+    EVAL_SPLIT: "eval split: the study's tiles, each centred on a facility; reported, not gated",
+}
