@@ -105,9 +105,12 @@ def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> li
     for name, estimate in sorted(e.metrics.items()):
         out.append(f"  {name:<24} {estimate}")
     for g in e.gates:
-        shown = (
-            "-" if g.value is None else f"{g.value:+.4f}" if g.kind != ">=" else f"{g.value:.4f}"
-        )
+        if g.value is None:
+            shown = "-"
+        elif g.kind != ">=":
+            shown = f"{g.value:+.4f}"
+        else:  # the value with its bootstrap interval
+            shown = str(e.metrics.get(g.metric, f"{g.value:.4f}"))
         how = "vs. last blessed model, " if g.kind != ">=" else ""
         verdict = "ok" if g.passed else "FAILED"
         out.append(f"  gate {g.metric} {how}{g.kind} {g.bound:g}: {shown} {verdict}")

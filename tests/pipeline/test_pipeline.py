@@ -15,12 +15,15 @@ import tensorflow as tf
 from components import trainer_lib
 from components.config import ModelConfig, TrainConfig, TrainerConfig
 from components.example_gen import SCENE_LAYOUT_FILE
-from data.examples import to_example
+from components.metrics import THRESHOLD
+from data.examples import decode_arrays, to_example
 from data.pairs import PairSpec, load_pair
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig, Thresholds
+from pipeline.reports import overlays
 from pipeline.runner import EXIT_ANOMALIES, EXIT_BLESSED, EXIT_NOT_BLESSED, run_pipeline
 from pipeline.runs import list_runs
+from schemas.features import MASK_NODATA
 from tests.fixtures.geotiffs import make_pair, scene
 from tests.fixtures.pipeline import TILE, tiny_config
 
@@ -94,6 +97,37 @@ def test_scene_split_is_cut_from_the_eval_pairs(first_run):
     for evaluation in summary.evaluations.values():
         total = sum(row.wrong_share for row in evaluation.tiles)
         assert total == pytest.approx(1.0) or total == 0.0
+
+
+def test_per_tile_rows_match_numpy_on_the_models_predictions(first_run):
+    """TFMA's per-pair_id slices against numpy on the served model's own predictions."""
+    cfg, summary = first_run
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
+    examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
+    signature = tf.saved_model.load(str(cfg.push_dir / "1")).signatures[trainer_lib.SERVING_DEFAULT]
+    for split, evaluation in summary.evaluations.items():
+        expected, wrong = {}, {}
+        for pair_id, raw in overlays.read_examples(examples.uri, split).items():
+            _, _, mask = decode_arrays(raw)
+            outputs = signature(**{trainer_lib.EXAMPLES_INPUT: tf.constant([raw])})
+            prob = outputs[trainer_lib.PROBABILITIES].numpy()[0, ..., 0]
+            valid = mask != MASK_NODATA
+            truth, predicted = valid & (mask == 1), valid & (prob > THRESHOLD)
+            union = (truth | predicted).sum()
+            iou = (truth & predicted).sum() / union if union else 0.0
+            wrong[pair_id] = (truth != predicted).sum()
+            expected[pair_id] = (truth.sum() / valid.sum(), predicted.sum() / valid.sum(), iou)
+        assert sorted(expected) == sorted(row.pair_id for row in evaluation.tiles), split
+        total = sum(wrong.values())
+        for row in evaluation.tiles:
+            labelled, predicted_share, iou = expected[row.pair_id]
+            assert row.labelled_share == pytest.approx(labelled, abs=1e-6), row
+            assert row.predicted_share == pytest.approx(predicted_share, abs=2e-3), row
+            assert row.iou == pytest.approx(iou, abs=0.02), row
+            if total:
+                assert row.wrong_share == pytest.approx(wrong[row.pair_id] / total, abs=0.01)
+        shares = [row.wrong_share for row in evaluation.tiles]
+        assert shares == sorted(shares, reverse=True)  # worst first
 
 
 def test_three_signatures_give_the_same_probabilities(first_run, tmp_path):
