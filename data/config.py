@@ -49,7 +49,8 @@ class SceneConfig:
     """How the `scene` split is built from the eval pairs (see `data.scenes`).
 
     16 tiles a mosaic (4 x 4): on the study's 17 eval pairs that is one 4 x 4 mosaic and one
-    of a single tile, 30 windows in all. The seed fixes the order of the tiles and the offsets.
+    of a single tile, 29 windows in all (25 + 4). The seed fixes the order of the tiles and
+    the offsets.
     """
 
     seed: int = 2024

@@ -8,12 +8,13 @@ unchanged, so the job runs on Dataflow, Flink or Spark as well as the local Dire
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -64,6 +65,21 @@ class ShardPlan:
         )
 
 
+@contextlib.contextmanager
+def atomic_tfrecord(final: str) -> Iterator:
+    """A GZIP TFRecord writer to a temporary name beside `final`, renamed to `final` when the
+    block ends without an error, so a retried bundle never leaves half a shard behind."""
+    import tensorflow as tf
+
+    parent = final.rsplit("/", 1)[0]
+    if not FileSystems.exists(parent):
+        FileSystems.mkdirs(parent)
+    temp = f"{final}.tmp-{uuid.uuid4().hex}"
+    with tf.io.TFRecordWriter(temp, options="GZIP") as writer:
+        yield writer
+    FileSystems.rename([temp], [final])
+
+
 class WriteShardFn(beam.DoFn):
     """Convert the pairs of one shard and write them as one GZIP TFRecord file.
 
@@ -83,16 +99,10 @@ class WriteShardFn(beam.DoFn):
         self._rejected = Metrics.counter(METRICS_NAMESPACE, REJECTED)
 
     def process(self, keyed):
-        import tensorflow as tf
-
         key, specs = keyed
         final = self._plan.path(self._output_dir, key)
-        temp = f"{final}.tmp-{uuid.uuid4().hex}"
-        parent = final.rsplit("/", 1)[0]
-        if not FileSystems.exists(parent):
-            FileSystems.mkdirs(parent)
         count = 0
-        with tf.io.TFRecordWriter(temp, options="GZIP") as writer:
+        with atomic_tfrecord(final) as writer:
             for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
                 result = validate(spec, self._cfg)
                 if isinstance(result, Rejection):
@@ -105,7 +115,6 @@ class WriteShardFn(beam.DoFn):
                 self._converted.inc()
                 Metrics.counter(METRICS_NAMESPACE, f"{CONVERTED}.{key[0]}").inc()
                 count += 1
-        FileSystems.rename([temp], [final])
         yield {"split": key[0], "path": final, "examples": count}
 
 

@@ -29,9 +29,12 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.metrics.metric import Metrics, MetricsFilter
 
 from data.config import SceneConfig, ValidationConfig
+from data.convert import atomic_tfrecord
 from data.examples import to_example
 from data.pairs import GeoPair, PairSpec, Rejection, validate
 from schemas import features as F
@@ -172,8 +175,6 @@ def write_scene_split(
     pixels the eval examples hold); each mosaic is one element, so mosaics are built in parallel
     and no pixels cross a shuffle. `shard_path(index, count)` names a mosaic's shard file.
     """
-    import apache_beam as beam
-
     by_id = {s.pair_id: s for s in specs}
     count = len(mosaics)
     _ = (
@@ -196,35 +197,21 @@ WINDOWS = "windows"
 
 def windows_written(result) -> int:
     """How many windows a pipeline with `write_scene_split` wrote (from Beam's counters)."""
-    from apache_beam.metrics.metric import MetricsFilter
-
     query = MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(WINDOWS)
     return int(sum(c.committed for c in result.metrics().query(query)["counters"]))
 
 
 def _write_mosaic(mosaic, specs, shard_path, count, validation) -> int:
-    import uuid
-
-    import tensorflow as tf
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.metrics.metric import Metrics
-
     tiles = {}
     for spec in specs[mosaic.index]:
         pair = validate(spec, validation)
         if isinstance(pair, Rejection):  # the conversion accepted it moments ago
             raise ValueError(f"scene split: {spec.pair_id} no longer valid: {pair.detail}")
         tiles[spec.pair_id] = pair
-    final = shard_path(mosaic.index, count)
-    parent = final.rsplit("/", 1)[0]
-    if not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
-    temp = f"{final}.tmp-{uuid.uuid4().hex}"
     written = 0
-    with tf.io.TFRecordWriter(temp, options="GZIP") as writer:
+    with atomic_tfrecord(shard_path(mosaic.index, count)) as writer:
         for window in cut_windows(mosaic, tiles):
             writer.write(to_example(window).SerializeToString(deterministic=True))
             written += 1
-    FileSystems.rename([temp], [final])
     Metrics.counter(METRICS_NAMESPACE, WINDOWS).inc(written)
     return written

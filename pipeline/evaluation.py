@@ -6,29 +6,34 @@ summary, `tailings runs` and `tailings report` all read it through `load_evaluat
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
+from components.facility_metrics import (
+    LABELLED_SHARE,
+    MEDIAN_AREA_ERROR_HA,
+    PREDICTED_SHARE,
+    VALID_PIXELS,
+    WRONG_PIXELS,
+)
+from components.metrics import ACCURACY_GAIN, IOU
 from schemas import features
 
-# Metric names read here (components.metrics / components.facility_metrics define them; the
-# strings are repeated so the CLI can format a summary without importing TensorFlow first).
-IOU = "iou"
-WRONG_PIXELS = "wrong_pixels"
-LABELLED_SHARE = "labelled_share"
-PREDICTED_SHARE = "predicted_share"
-
+# Kinds of gate: a lower bound on the value, or a largest drop against the last blessed model.
+VALUE_GATE = ">="
+DROP_GATE = "drop <="
 
 # TFMA's bootstrap interval is value +- t * standard error, which can pass a metric's range
 # (an AUC of 1.03 on a few examples); shown clipped to it.
 UNIT_RANGE = (0.0, 1.0)
 NON_NEGATIVE = (0.0, math.inf)
 RANGES = {
-    "median_area_error_ha": NON_NEGATIVE,
-    "valid_pixels": NON_NEGATIVE,
-    "wrong_pixels": NON_NEGATIVE,
-    "example_count": NON_NEGATIVE,
-    "accuracy_gain": (-1.0, 1.0),
+    MEDIAN_AREA_ERROR_HA: NON_NEGATIVE,
+    VALID_PIXELS: NON_NEGATIVE,
+    WRONG_PIXELS: NON_NEGATIVE,
+    "example_count": NON_NEGATIVE,  # TFMA's ExampleCount
+    ACCURACY_GAIN: (-1.0, 1.0),
 }
 
 
@@ -70,7 +75,7 @@ class Gate:
     """One threshold the Evaluator applied on the whole split, and whether the model met it."""
 
     metric: str
-    kind: str  # ">=" (value) or "drop <=" (change against the last blessed model)
+    kind: str  # VALUE_GATE or DROP_GATE
     bound: float
     value: float | None
     passed: bool
@@ -89,7 +94,16 @@ class SplitEvaluation:
         return {name: e.value for name, e in self.metrics.items()}
 
     def lower_bounds(self) -> dict[str, float]:
-        return {g.metric: g.bound for g in self.gates if g.kind == ">="}
+        return {g.metric: g.bound for g in self.gates if g.kind == VALUE_GATE}
+
+    def shown(self, gate: Gate) -> str:
+        """A gate's value as the summary and the report print it: the metric with its
+        interval, or the signed change against the last blessed model."""
+        if gate.value is None:
+            return "-"
+        if gate.kind == DROP_GATE:
+            return f"{gate.value:+.4f}"
+        return str(self.metrics.get(gate.metric, Estimate(gate.value)))
 
 
 def _number(value) -> float | None:
@@ -180,21 +194,18 @@ def _gates(uri: str, result: SplitEvaluation) -> tuple[list[Gate], list[str]]:
             if config.HasField("threshold"):
                 thresholds.append(config.threshold)
             for threshold in thresholds:
-                value = result.metrics.get(name)
                 if threshold.HasField("value_threshold"):
                     bound = threshold.value_threshold.lower_bound.value
-                    gates.append(
-                        Gate(name, ">=", bound, value and value.value, (name, False) not in failed)
-                    )
+                    value = result.metrics[name].value if name in result.metrics else None
+                    passed = (name, False) not in failed
+                    gates.append(Gate(name, VALUE_GATE, bound, value, passed))
                 if threshold.HasField("change_threshold"):
                     drop = -threshold.change_threshold.absolute.value
                     change = result.changes.get(name, failed.get((name, True)))
-                    gates.append(Gate(name, "drop <=", drop, change, (name, True) not in failed))
+                    gates.append(Gate(name, DROP_GATE, drop, change, (name, True) not in failed))
     return gates, failures
 
 
 def metric_name(config) -> str:
     """The name TFMA reports a metric under: its config's `name`, else the class name."""
-    import json
-
     return json.loads(config.config or "{}").get("name", config.class_name)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
-from pipeline.evaluation import SplitEvaluation
+from pipeline.evaluation import DROP_GATE, SplitEvaluation
 
 # Exit codes of `tailings run` (documented in the README).
 EXIT_BLESSED = 0
@@ -105,15 +105,9 @@ def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> li
     for name, estimate in sorted(e.metrics.items()):
         out.append(f"  {name:<24} {estimate}")
     for g in e.gates:
-        if g.value is None:
-            shown = "-"
-        elif g.kind != ">=":
-            shown = f"{g.value:+.4f}"
-        else:  # the value with its bootstrap interval
-            shown = str(e.metrics.get(g.metric, f"{g.value:.4f}"))
-        how = "vs. last blessed model, " if g.kind != ">=" else ""
+        how = "vs. last blessed model, " if g.kind == DROP_GATE else ""
         verdict = "ok" if g.passed else "FAILED"
-        out.append(f"  gate {g.metric} {how}{g.kind} {g.bound:g}: {shown} {verdict}")
+        out.append(f"  gate {g.metric} {how}{g.kind} {g.bound:g}: {e.shown(g)} {verdict}")
     if e.tiles:
         out.append(
             f"  worst {min(tile_rows, len(e.tiles))} of {len(e.tiles)} by share of wrong pixels "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from components.facility_metrics import FACILITY_RECALL
+from components.metrics import IOU, PIXEL_ACCURACY
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.runner import summarize_run
@@ -35,8 +37,8 @@ def list_runs(cfg: PipelineConfig) -> list[str]:
         pushed = (s.pushed_version or "-") + (" (same)" if s.reused_version else "")
         lines.append(
             f"{run_id:<28} {started:<19} {s.converted if s.converted is not None else '-':>5}  "
-            f"{metric(scene, 'iou', True):<26} {metric(scene, 'pixel_accuracy'):>7} "
-            f"{metric(scene, 'facility_recall'):>7} {metric(tiles, 'iou'):>8}  "
+            f"{metric(scene, IOU, True):<26} {metric(scene, PIXEL_ACCURACY):>7} "
+            f"{metric(scene, FACILITY_RECALL):>7} {metric(tiles, IOU):>8}  "
             f"{blessed:<8} {pushed}"
         )
         if scene is not None and scene.gates:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
-from pipeline.evaluation import SplitEvaluation
+from pipeline.evaluation import DROP_GATE, VALUE_GATE, SplitEvaluation
 from pipeline.reports import html as h
 from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
@@ -74,11 +74,13 @@ def load_report(
 
 def _error_maps(run: metadata.RunRecord, s: RunSummary) -> dict[str, list[tuple[str, bytes]]]:
     """Every evaluated example of every split, predicted again by the run's model."""
+    from tfx.utils import path_utils
+
     from pipeline.reports import overlays
 
     model = run.artifact(nodes.TRAINER, nodes.MODEL)
     examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
-    model_dir = os.path.join(model.uri, "Format-Serving") if model is not None else ""
+    model_dir = path_utils.serving_model_path(model.uri) if model is not None else ""
     if examples is None or not os.path.isdir(model_dir):
         return {}
     maps = {}
@@ -169,9 +171,9 @@ def _split_evaluation(e: SplitEvaluation) -> list[str]:
     if e.gates:
         gate_rows, classes = [], []
         for g in e.gates:
-            shown = "-" if g.value is None else f"{g.value:.4f}"
-            what = g.metric + (" (change vs. last blessed model)" if g.kind != ">=" else "")
-            gate_rows.append((what, shown, f"{g.kind} {g.bound:g}", "pass" if g.passed else "fail"))
+            what = g.metric + (" (change vs. last blessed model)" if g.kind == DROP_GATE else "")
+            verdict = "pass" if g.passed else "fail"
+            gate_rows.append((what, e.shown(g), f"{g.kind} {g.bound:g}", verdict))
             classes.append("good" if g.passed else "bad")
         parts.append(
             "<p>Blessing gates this run applied (read from its Evaluator's recorded config; "
@@ -217,8 +219,8 @@ def _overridden(e: SplitEvaluation) -> str:
     from pipeline.config import Thresholds
 
     defaults = Thresholds()
-    expected = {**{(n, ">="): b for n, b in defaults.lower_bounds().items()}}
-    expected.update({(n, "drop <="): d for n, d in defaults.max_drop})
+    expected = {(n, VALUE_GATE): b for n, b in defaults.lower_bounds().items()}
+    expected.update({(n, DROP_GATE): d for n, d in defaults.max_drop})
     changed = [
         f"{g.metric} {g.kind} {g.bound:g} (default {expected[(g.metric, g.kind)]:g})"
         for g in e.gates
