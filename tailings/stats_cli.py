@@ -27,7 +27,7 @@ def _output_dir_argument(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- stats
 def add_stats(sub) -> None:
-    from pipeline.reports.config import ALL_SPLITS, EVAL, TRAIN
+    from pipeline.reports.config import ALL_SPLITS, EVAL, SCENE, TRAIN
 
     p = sub.add_parser(
         "stats",
@@ -50,7 +50,7 @@ def add_stats(sub) -> None:
     )
     p.add_argument(
         "--split",
-        choices=(TRAIN, EVAL, ALL_SPLITS),
+        choices=(TRAIN, EVAL, SCENE, ALL_SPLITS),
         default=ALL_SPLITS,
         help="a run's split to show (default: %(default)s)",
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 TRAIN = "train"
 EVAL = "eval"
+SCENE = "scene"  # the Evaluator's scene windows (data/scenes.py)
 ALL_SPLITS = "all"
 
 
