@@ -11,8 +11,13 @@ overfits 17 images. This script measures how the Trainer's recipe generalises in
   others, so every train pair gets an out-of-fold prediction;
 - the decision threshold that maximises the pooled out-of-fold IoU is what
   `ModelConfig.decision_threshold` should be (chosen without looking at the eval split);
-- finally one model trains on the whole train split and is scored on the eval split, as the
-  pipeline's Evaluator scores it, at 0.5 and at the chosen threshold.
+- each held-out fold is also laid out as the pipeline lays out the scene split (`data.scenes`:
+  mosaics of unrelated tiles cut on a shifted grid) and its windows are predicted too: the
+  out-of-fold scene score is what a recipe change should be judged on, since the centred
+  tiles reward a model that expects tailings mid-tile;
+- finally one model trains on the whole train split and is scored on the eval split and on
+  the pipeline's scene split (built here from the same eval tiles), as the pipeline's two
+  Evaluators score them, at 0.5 and at the chosen threshold.
 
 Training is the Trainer's own code (`trainer_lib.compile_model`, `batch_pairs`/`augment`,
 `early_stopping` on the held-out part, as `run_fn` does on the eval split) fed from memory
@@ -36,7 +41,10 @@ from pathlib import Path
 import numpy as np
 from _env import DEFAULT_DATA, RESULTS  # sets the environment first
 
+from schemas.features import MASK_NODATA
+
 DEFAULT_OUT = RESULTS / "quality.json"
+
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
 
@@ -44,7 +52,8 @@ THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 class Split:
     ids: list[str]
     images: np.ndarray  # [N,H,W,3] reflectance
-    masks: np.ndarray  # [N,H,W,1] float 0/1
+    masks: np.ndarray  # [N,H,W,1] float 0/1 (255: no data, in scene windows)
+    pairs: list = dataclasses.field(default_factory=list)  # the GeoPairs (tiles only)
 
 
 def load(data: Path) -> tuple[Split, Split]:
@@ -63,14 +72,32 @@ def load(data: Path) -> tuple[Split, Split]:
         else:
             print(f"skipped {pair.pair_id}: {pair.reason} ({pair.detail})")
 
-    def stack(pairs: list[GeoPair]) -> Split:
-        return Split(
-            [p.pair_id for p in pairs],
-            np.stack([p.image for p in pairs]).astype(np.float32),
-            np.stack([p.mask for p in pairs])[..., None].astype(np.float32),
-        )
-
     return stack(parts["train"]), stack(parts["eval"])
+
+
+def stack(pairs: list) -> Split:
+    return Split(
+        [p.pair_id for p in pairs],
+        np.stack([p.image for p in pairs]).astype(np.float32),
+        np.stack([p.mask for p in pairs])[..., None].astype(np.float32),
+        list(pairs),
+    )
+
+
+def scene_windows(split: Split) -> Split:
+    """The scene construction of `split`'s tiles, as ExampleGen builds the scene split from
+    the eval pairs (`data.scenes`): mosaics of unrelated tiles cut on a shifted grid."""
+    from data.config import SceneConfig
+    from data.scenes import cut_windows, plan_mosaics
+
+    tiles = dict(zip(split.ids, split.pairs, strict=True))
+    size = split.images.shape[1]
+    windows = [
+        window
+        for mosaic in plan_mosaics(split.ids, size, SceneConfig())
+        for window in cut_windows(mosaic, tiles)
+    ]
+    return stack(windows)
 
 
 def fold_of(pair_id: str, folds: int) -> int:
@@ -78,8 +105,9 @@ def fold_of(pair_id: str, folds: int) -> int:
     return int.from_bytes(hashlib.sha256(f"fold:{pair_id}".encode()).digest()[:8], "big") % folds
 
 
-def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
-    """Train the Trainer's model on `train` (early stopping on `held_out`), predict held_out."""
+def train_and_predict(train: Split, held_out: Split, config, scene: Split | None = None):  # noqa: ANN001
+    """Train the Trainer's model on `train` (early stopping on `held_out`), predict held_out
+    (and the scene windows `scene`, if given: then returns their probabilities too)."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -94,7 +122,9 @@ def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
     def dataset(split: Split, training: bool) -> tf.data.Dataset:
         images = normalize(split.images, mean, std)
         pairs = tf.data.Dataset.from_tensor_slices((images, split.masks))
-        return trainer_lib.batch_pairs(pairs, config.train, training=training)
+        return trainer_lib.batch_pairs(pairs, config.train, training=training, nodata_image=nodata)
+
+    nodata = trainer_lib.nodata_value(mean, std)
 
     model = trainer_lib.compile_model(config)
     started = time.monotonic()
@@ -107,10 +137,16 @@ def train_and_predict(train: Split, held_out: Split, config):  # noqa: ANN001
     )
     trainer_lib.finish_training(model, config.train, dataset(train, False))
     seconds = time.monotonic() - started
+    scene_probabilities = (
+        predict_all(model, normalize(scene.images, mean, std), config)
+        if scene is not None
+        else None
+    )
     return (
         predict_all(model, normalize(held_out.images, mean, std), config),
         seconds,
         len(history.history["loss"]),
+        scene_probabilities,
     )
 
 
@@ -142,17 +178,18 @@ def predict_all(model, images: np.ndarray, config) -> dict[str, np.ndarray]:  # 
 
 def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:
     """Pooled pixel metrics at every threshold in THRESHOLDS (as TFMA pools the eval split)."""
-    truth = masks > 0.5
+    valid = masks != MASK_NODATA  # scene windows: no-data pixels are not scored
+    truth = (masks > 0.5) & valid
     out = {}
     for t in THRESHOLDS:
-        predicted = probabilities >= t
+        predicted = (probabilities >= t) & valid
         tp = float(np.sum(predicted & truth))
         fp = float(np.sum(predicted & ~truth))
         fn = float(np.sum(~predicted & truth))
         out[f"{t:.2f}"] = {
             "iou": tp / max(tp + fp + fn, 1.0),
             "f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
-            "pixel_accuracy": float(np.mean(predicted == truth)),
+            "pixel_accuracy": float(np.sum((predicted == truth) & valid) / max(valid.sum(), 1)),
         }
     return out
 
@@ -162,6 +199,7 @@ def subset(split: Split, keep: np.ndarray) -> Split:
         [i for i, k in zip(split.ids, keep, strict=True) if k],
         split.images[keep],
         split.masks[keep],
+        [p for p, k in zip(split.pairs, keep, strict=True) if k],
     )
 
 
@@ -210,6 +248,14 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| all train pairs: all-background baseline | - | 0 | 0 | {background:.3f} |"
             )
+        cv = result["cross_validation"]
+        if "scene" in cv:
+            name = f"**train pairs as scene windows, out of fold ({cv['scene_windows']} windows)**"
+            lines.append(row(name, cv["scene"], "0.50"))
+            lines.append(
+                "| scene windows: all-background baseline | - | 0 | 0 | "
+                f"{cv['scene_all_background_accuracy']:.3f} |"
+            )
     if "eval_split" in result:
         ev = result["eval_split"]
         name = f"eval split ({ev['pairs']} pairs, {ev['epochs']} epochs)"
@@ -221,6 +267,11 @@ def markdown(result: dict) -> str:
                 lines.append(row(f"{name}, TTA `{mode}`", by_threshold, "0.50"))
         background = ev["all_background_accuracy"]
         lines.append(f"| eval split: all-background baseline | - | 0 | 0 | {background:.3f} |")
+    if "scene_split" in result:
+        sc = result["scene_split"]
+        lines.append(row(f"**scene split ({sc['windows']} windows)**", sc["scores"], "0.50"))
+        background = sc["all_background_accuracy"]
+        lines.append(f"| scene split: all-background baseline | - | 0 | 0 | {background:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -289,15 +340,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != "eval":
         folds = np.array([fold_of(i, args.folds) for i in train.ids])
         out_of_fold: dict[str, np.ndarray] = {}
+        scene_probabilities, scene_masks = [], []
         result["folds"] = []
         for k in range(args.folds):
             held = folds == k
-            by_mode, seconds, epochs = train_and_predict(
-                subset(train, ~held), subset(train, held), config
+            # The held-out fold's tiles also as the scene split is made of eval tiles.
+            scene = scene_windows(subset(train, held))
+            by_mode, seconds, epochs, on_scene = train_and_predict(
+                subset(train, ~held), subset(train, held), config, scene
             )
             for mode, probabilities in by_mode.items():
                 out_of_fold.setdefault(mode, np.zeros_like(train.masks))[held] = probabilities
+            scene_probabilities.append(on_scene[own])
+            scene_masks.append(scene.masks)
             fold_scores = scores(by_mode[own], train.masks[held])
+            fold_scene = scores(on_scene[own], scene.masks)
             result["folds"].append(
                 {
                     "fold": k,
@@ -305,12 +362,15 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": round(seconds),
                     "epochs": epochs,
                     "scores": fold_scores,
+                    "scene_windows": len(scene.ids),
+                    "scene_scores": fold_scene,
                 }
             )
             fold_tta = {m: scores(p, train.masks[held])["0.50"]["iou"] for m, p in by_mode.items()}
             print(
                 f"fold {k}: {held.sum()} pairs, IoU@0.5 {fold_scores['0.50']['iou']:.3f} "
-                f"(by test-time augmentation: {json.dumps(fold_tta)}), {seconds:.0f} s, "
+                f"(by test-time augmentation: {json.dumps(fold_tta)}); {len(scene.ids)} scene "
+                f"windows IoU@0.5 {fold_scene['0.50']['iou']:.3f}; {seconds:.0f} s, "
                 f"{epochs} epochs",
                 flush=True,
             )
@@ -325,19 +385,46 @@ def main(argv: list[str] | None = None) -> int:
         by_tta = {mode: scores(p, train.masks) for mode, p in out_of_fold.items()}
         pooled = by_tta[own]
         best = max(pooled, key=lambda t: pooled[t]["iou"])
+        all_scene_masks = np.concatenate(scene_masks)
+        scene_valid = all_scene_masks != MASK_NODATA
         result["cross_validation"] = {
             "pooled": pooled,
             "best_threshold": float(best),
             "all_background_accuracy": float(np.mean(train.masks < 0.5)),
             "test_time_augmentation": by_tta,
+            "scene": scores(np.concatenate(scene_probabilities), all_scene_masks),
+            "scene_windows": int(len(all_scene_masks)),
+            "scene_all_background_accuracy": float(
+                np.sum((all_scene_masks < 0.5) & scene_valid) / scene_valid.sum()
+            ),
         }
+        cv_scene = result["cross_validation"]["scene"]["0.50"]
+        print(
+            f"out-of-fold scene windows: IoU {cv_scene['iou']:.3f}, pixel accuracy "
+            f"{cv_scene['pixel_accuracy']:.3f} (all-background "
+            f"{result['cross_validation']['scene_all_background_accuracy']:.3f})"
+        )
         print(
             f"out-of-fold IoU: {pooled['0.50']['iou']:.3f} at 0.5, "
             f"{pooled[best]['iou']:.3f} at the best threshold {best}; by test-time "
             "augmentation: " + ", ".join(f"{m} {v['0.50']['iou']:.3f}" for m, v in by_tta.items())
         )
     if args.only != "cv":
-        by_mode, seconds, epochs = train_and_predict(train, evaluation, config)
+        scene = scene_windows(evaluation)  # the pipeline's scene split
+        by_mode, seconds, epochs, on_scene = train_and_predict(train, evaluation, config, scene)
+        scene_valid = scene.masks != MASK_NODATA
+        result["scene_split"] = {
+            "windows": len(scene.ids),
+            "scores": scores(on_scene[own], scene.masks),
+            "all_background_accuracy": float(
+                np.sum((scene.masks < 0.5) & scene_valid) / scene_valid.sum()
+            ),
+        }
+        print(
+            f"scene split ({len(scene.ids)} windows) IoU@0.5: "
+            f"{result['scene_split']['scores']['0.50']['iou']:.3f}",
+            flush=True,
+        )
         result["eval_split"] = {
             "pairs": len(evaluation.ids),
             "seconds": round(seconds),

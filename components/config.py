@@ -17,6 +17,8 @@ LOSSES: tuple[str, ...] = ("bce", "bce_dice", "bce_batch_dice")
 Encoder = Literal["unet", "mobilenet_v2", "efficientnet_lite0"]
 LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+MosaicMode = Literal["none", "grid", "random"]
+MOSAIC_MODES: tuple[str, ...] = ("none", "grid", "random")
 TestTimeAugmentation = Literal["none", "flips", "d4"]
 TEST_TIME_AUGMENTATIONS: tuple[str, ...] = ("none", "flips", "d4")
 ENCODERS: tuple[str, ...] = ("unet", "mobilenet_v2", "efficientnet_lite0")
@@ -157,7 +159,22 @@ class TrainConfig:
     # Random zoom by exp(U(-s, s)) before cropping (0: off); 0.3 spans 0.74x-1.35x. Out of
     # fold 0.3 scored 0.572 vs 0.603 without (measured: see the README's quality section).
     augment_scale: float = 0.0
-    crop_size: int | None = None  # random square crops of this side for training; None = tile
+    # How training windows are made from the tiles. The study's tiles are centred on a
+    # facility; on whole tiles ("none") the network learned "tailings sit mid-tile" (IoU 0
+    # once a tile is shifted 128 px: benchmarks/results/shift.md). "random" (YOLOv4's mosaic):
+    # a window split at a random centre into four parts, each a random crop of another tile,
+    # so facilities sit anywhere, cut by an edge or a seam, or are absent, at no fixed
+    # distance from a seam. "grid": 2 x 2 whole tiles, a window cut at a random offset (as the
+    # scene split is built); out of fold it scored better on scene windows than on the same
+    # pixels as centred tiles (0.43 vs 0.33, fold 0): facilities always sit half a tile from
+    # a seam there, a cue real scenes do not have. See docs/model-history.md.
+    mosaic: MosaicMode = "random"
+    # Chance that a mosaic part is no data (reflectance 0, labelled background), as scene
+    # edges and the scene split's empty cells are: the network learns that a no-data edge is
+    # not tailings.
+    mosaic_empty: float = 0.1
+    # Side of the random training windows (from the mosaic, or from the tile); None: the tile.
+    crop_size: int | None = None
     steps_per_epoch: int | None = None  # None: one pass over the train split (or TrainArgs)
     validation_steps: int | None = None  # None: one pass over the eval split (or EvalArgs)
     shuffle_buffer: int = 128
@@ -187,6 +204,10 @@ class TrainConfig:
             raise ValueError(
                 f"augment_scale must be in [0, {MAX_AUGMENT_SCALE}), got {self.augment_scale}"
             )
+        if self.mosaic not in MOSAIC_MODES:
+            raise ValueError(f"mosaic must be one of {MOSAIC_MODES}, got {self.mosaic!r}")
+        if not 0.0 <= self.mosaic_empty < 1.0:
+            raise ValueError(f"mosaic_empty must be in [0, 1), got {self.mosaic_empty}")
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
         if self.max_figures < 0:
@@ -291,6 +312,8 @@ PRESETS: dict[str, TrainerConfig] = {
             augment_flip=False,
             augment_rot90=False,
             augment_color=0.0,
+            mosaic="none",  # whole tiles, as the study trained
+            mosaic_empty=0.0,
         ),
     ),
 }

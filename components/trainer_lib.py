@@ -84,11 +84,12 @@ def _records(patterns: Sequence[str]) -> tf.data.Dataset:
 
 
 def augment(
-    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: TrainConfig
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: TrainConfig, crop: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Same random rescale / crop / flips / 90-degree rotation for an image [H,W,C] and its
     mask, then (image only) the band jitter of `config.augment_color`.
 
+    `crop=False`: the caller has cut the window already (`mosaic_window`).
     Stateless ops keyed by `seed` ([2] ints) keep runs reproducible.
     """
     channels = image.shape[-1]
@@ -96,7 +97,7 @@ def augment(
     seeds = tf.random.experimental.stateless_split(seed, num=SEED_PARTS)
     if config.augment_scale > 0:
         stacked = rescale(stacked, seed, config.augment_scale)
-    if config.crop_size is not None:
+    if crop and config.crop_size is not None:
         size = config.crop_size
         stacked = tf.image.stateless_random_crop(stacked, [size, size, channels + 1], seeds[0])
     if config.augment_flip:
@@ -167,6 +168,7 @@ def make_dataset(
     config: TrainConfig,
     training: bool,
     repeat: bool = False,
+    nodata_image: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """(image_xf, mask_xf) batches from transformed gzip TFRecords; augmented if training."""
     spec = {key: feature_spec[key] for key in (IMAGE_XF, MASK_XF)}
@@ -176,25 +178,117 @@ def make_dataset(
         return parsed[IMAGE_XF], parsed[MASK_XF]
 
     dataset = _records(patterns).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return batch_pairs(dataset, config, training, repeat)
+    return batch_pairs(dataset, config, training, repeat, nodata_image)
 
 
 def batch_pairs(
-    dataset: tf.data.Dataset, config: TrainConfig, training: bool, repeat: bool = False
+    dataset: tf.data.Dataset,
+    config: TrainConfig,
+    training: bool,
+    repeat: bool = False,
+    nodata_image: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """(image, mask) pairs -> cached, shuffled, augmented (if training) batches."""
+    """(image, mask) pairs -> cached, shuffled, augmented (if training) batches.
+
+    Training with `config.mosaic` other than "none" yields windows cut from mosaics
+    (`mosaic_windows`), as many per pass as there are tiles; `nodata_image` is what a no-data
+    pixel becomes after normalisation (needed when `config.mosaic_empty` > 0).
+    """
     if config.cache:
         dataset = dataset.cache()
     if training:
-        dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed)
         seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+        if config.mosaic != "none":
+            dataset = mosaic_windows(dataset, config, nodata_image)
+        else:
+            dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed)
         dataset = tf.data.Dataset.zip((dataset, seeds.batch(2))).map(
-            lambda pair, seed: augment(pair[0], pair[1], seed, config),
+            lambda pair, seed: augment(
+                pair[0], pair[1], seed, config, crop=config.mosaic == "none"
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if repeat:
         dataset = dataset.repeat()
     return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+MOSAIC_TILES = 4  # a mosaic is 2 x 2 tiles (or parts of them)
+
+
+def mosaic_windows(
+    tiles: tf.data.Dataset, config: TrainConfig, nodata_image: np.ndarray | None = None
+) -> tf.data.Dataset:
+    """(image, mask) tiles -> one pass of random windows, each from its own mosaic of four
+    random tiles (`config.mosaic`: "grid" or "random", see `mosaic_window`).
+
+    Tiles are drawn from a shuffled stream; a pass holds as many windows as there are tiles
+    (one count of the tiles first), so an epoch costs what an epoch of whole tiles did when
+    the window is tile-sized. Written here because neither Keras nor tf.data has a mosaic
+    augmentation for segmentation (KerasCV's targets detection boxes and multi-backend Keras).
+    """
+    if config.mosaic_empty > 0 and nodata_image is None:
+        raise ValueError("mosaic_empty > 0 needs the normalised no-data value (nodata_image)")
+    fill = tf.constant(
+        np.zeros(3, np.float32) if nodata_image is None else np.asarray(nodata_image, np.float32)
+    )
+    count = int(tiles.reduce(np.int64(0), lambda n, _: n + 1))
+    groups = (
+        tiles.repeat()
+        .shuffle(config.shuffle_buffer, seed=config.seed)
+        .batch(MOSAIC_TILES, drop_remainder=True)
+    )
+    seeds = tf.data.Dataset.random(seed=config.seed + 1, rerandomize_each_iteration=True)
+    return (
+        tf.data.Dataset.zip((groups, seeds.batch(2)))
+        .map(
+            lambda group, seed: mosaic_window(group[0], group[1], seed, config, fill),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .take(count)
+    )
+
+
+def mosaic_window(
+    images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, config: TrainConfig, fill: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Four tiles [4,T,T,C] and masks [4,T,T,1] -> one window [S,S,C], [S,S,1] (S = crop_size
+    or T).
+
+    "grid": the tiles laid 2 x 2, the window cut at a uniformly random offset (as the scene
+    split cuts its mosaics). "random" (YOLOv4's mosaic): a centre drawn uniformly in the
+    middle half of the window splits it into four parts; part k is a random crop of tile k of
+    the part's size. Each tile / part is no data with probability `config.mosaic_empty`
+    (image `fill`, mask background).
+    """
+    tile = images.shape[1]
+    size = config.crop_size or tile
+    channels = images.shape[-1]
+    seeds = tf.random.experimental.stateless_split(seed, num=2 + MOSAIC_TILES)
+    empty = tf.random.stateless_uniform([MOSAIC_TILES], seeds[0]) < config.mosaic_empty
+    images = tf.where(empty[:, None, None, None], fill, images)
+    masks = tf.where(empty[:, None, None, None], tf.zeros_like(masks), masks)
+    stacked = tf.concat([images, tf.cast(masks, images.dtype)], axis=-1)
+    if config.mosaic == "grid":
+        rows = [tf.concat([stacked[0], stacked[1]], axis=1), tf.concat([stacked[2], stacked[3]], 1)]
+        window = tf.image.stateless_random_crop(
+            tf.concat(rows, axis=0), [size, size, channels + 1], seeds[1]
+        )
+    else:
+        centre = tf.random.stateless_uniform(
+            [2], seeds[1], size // 4, size - size // 4 + 1, dtype=tf.int32
+        )
+        heights = tf.stack([centre[0], centre[0], size - centre[0], size - centre[0]])
+        widths = tf.stack([centre[1], size - centre[1], centre[1], size - centre[1]])
+        parts = [
+            tf.image.stateless_random_crop(
+                stacked[k], tf.stack([heights[k], widths[k], channels + 1]), seeds[2 + k]
+            )
+            for k in range(MOSAIC_TILES)
+        ]
+        window = tf.concat([tf.concat(parts[:2], axis=1), tf.concat(parts[2:], axis=1)], axis=0)
+        window = tf.ensure_shape(window, [size, size, channels + 1])
+    return window[..., :channels], window[..., channels:]
 
 
 def read_normalization(
@@ -206,6 +300,12 @@ def read_normalization(
         parsed = tf.io.parse_single_example(record, spec)
         return parsed[PIXEL_MEAN].numpy(), parsed[PIXEL_STD].numpy()
     raise ValueError(f"no records in {list(patterns)}")
+
+
+def nodata_value(pixel_mean: np.ndarray, pixel_std: np.ndarray) -> np.ndarray:
+    """What a no-data pixel (reflectance 0: the scene split's empty cells, `tailings
+    predict`'s fill) becomes after the Transform's normalisation."""
+    return np.asarray(normalize(np.zeros_like(pixel_mean), pixel_mean, pixel_std))
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -478,8 +578,14 @@ def run_fn(fn_args: Any) -> None:
 
     steps_per_epoch = train_config.steps_per_epoch or fn_args.train_steps
     validation_steps = train_config.validation_steps or fn_args.eval_steps
+    pixel_mean, pixel_std = read_normalization(fn_args.train_files, feature_spec)
     train_dataset = make_dataset(
-        fn_args.train_files, feature_spec, train_config, training=True, repeat=bool(steps_per_epoch)
+        fn_args.train_files,
+        feature_spec,
+        train_config,
+        training=True,
+        repeat=bool(steps_per_epoch),
+        nodata_image=nodata_value(pixel_mean, pixel_std),
     )
     eval_dataset = make_dataset(
         fn_args.eval_files,
@@ -528,7 +634,6 @@ def run_fn(fn_args: Any) -> None:
         test_time_augmentation=config.model.test_time_augmentation,
     )
 
-    pixel_mean, pixel_std = read_normalization(fn_args.train_files, feature_spec)
     export_serving_model(
         model,
         tf_transform_output,

@@ -71,7 +71,10 @@ class PredictConfig:
     """Sliding-window prediction of a whole scene (`tailings predict`)."""
 
     tile: int = 448  # must equal the side the model's serving_default accepts
-    overlap: int = 64  # pixels shared by neighbouring windows, blended smoothly
+    # Pixels shared by neighbouring windows (blended: serving.predict.blend_weights). The
+    # default model on the scene mosaics, IoU by overlap 0/64/128/192: 0.220/0.237/0.243/0.236
+    # (benchmarks/results/shift.md, docs/framing.md).
+    overlap: int = 128
     threshold: float = 0.5  # probability at or above which a pixel is tailings
     batch_size: int = 4  # windows per model call / REST request
     timeout_seconds: float = 300.0  # one REST request

@@ -93,6 +93,9 @@ def test_pretrained_encoder_sizes_and_json_widths(encoder) -> None:
         lambda: TrainConfig(augment_color=-0.1),
         lambda: TrainConfig(augment_scale=-0.1),
         lambda: TrainConfig(augment_scale=0.7),  # zooming out past 1/2: mirror padding's limit
+        lambda: TrainConfig(mosaic="quilt"),
+        lambda: TrainConfig(mosaic_empty=1.0),
+        lambda: TrainConfig(mosaic_empty=-0.1),
         lambda: TransformConfig(tile_size=0),
         lambda: TrainerConfig(model=ModelConfig(depth=3), train=TrainConfig(crop_size=100)),
         lambda: ModelConfig.from_dict({"depht": 3}),

@@ -26,6 +26,7 @@ TINY = TrainerConfig(
     train=TrainConfig(epochs=EPOCHS, batch_size=4, crop_size=16, max_figures=2),
 )
 ATOL = 1e-5
+NODATA = np.full(3, -9.0, np.float32)  # a normalised no-data value no synthetic pixel has
 
 
 def _run_fn(out: Path, transform_run, config: TrainerConfig) -> FnArgs:
@@ -216,7 +217,9 @@ def test_band_jitter_is_one_gain_and_offset_per_band_on_top_of_the_same_geometry
     np.testing.assert_array_equal(again.numpy(), jittered.numpy())  # reproducible
     # and inside tf.data's graph, as training runs it
     pairs = tf.data.Dataset.from_tensor_slices((image[None], mask[None]))
-    (batch, batch_mask), *_ = list(TL.batch_pairs(pairs, config, training=True))
+    (batch, batch_mask), *_ = list(
+        TL.batch_pairs(pairs, config, training=True, nodata_image=NODATA)
+    )
     assert batch.shape == (1, 16, 16, 3) and batch_mask.shape == (1, 16, 16, 1)
 
 
@@ -240,8 +243,127 @@ def test_rescale_zooms_image_and_mask_together_and_keeps_the_tile_size() -> None
     assert min(fractions) < 0.2 < 0.3 < max(fractions)
     # and inside tf.data's graph, as training runs it
     pairs = tf.data.Dataset.from_tensor_slices((image[None], mask[None]))
-    (batch, batch_mask), *_ = list(TL.batch_pairs(pairs, config, training=True))
+    (batch, batch_mask), *_ = list(
+        TL.batch_pairs(pairs, config, training=True, nodata_image=NODATA)
+    )
     assert batch.shape == (1, 32, 32, 3) and batch_mask.shape == (1, 32, 32, 1)
+
+
+def _numbered_tiles(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles whose pixels say which tile and where they are: band 0 = tile number, bands 1-2 =
+    row and column; the mask marks a centred square (a facility, as in the study's tiles)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    images = np.stack(
+        [np.stack([np.full_like(rows, k), rows, cols], axis=-1) for k in range(count)]
+    )
+    masks = np.zeros((count, size, size, 1), np.float32)
+    for k in range(count):  # tile k: a centred square, a little larger with each tile
+        low, high = size // 2 - 1 - k % (size // 2 - 1), size // 2 + 1 + k % (size // 2 - 1)
+        masks[k, low:high, low:high] = 1
+    return images, masks
+
+
+def test_mosaic_window_is_a_window_of_the_tiles_laid_on_a_grid() -> None:
+    size = 8
+    images, masks = _numbered_tiles(4, size)
+    config = TrainConfig(mosaic="grid", mosaic_empty=0.0)
+    cells = np.concatenate([images, masks], -1)  # image bands then the mask
+    grid = np.concatenate(  # the 2 x 2 mosaic, row by row
+        [np.concatenate([cells[0], cells[1]], axis=1), np.concatenate([cells[2], cells[3]], axis=1)]
+    )
+    origins = set()
+    for seed in range(24):
+        image, mask = TL.mosaic_window(
+            tf.constant(images), tf.constant(masks), tf.constant([seed, 3]), config, NODATA
+        )
+        assert image.shape == (size, size, 3) and mask.shape == (size, size, 1)
+        window = np.concatenate([image.numpy(), mask.numpy()], -1)
+        # where the window's first pixel came from, read from its own tile/row/column bands
+        k, row, col = (int(v) for v in window[0, 0, :3])
+        y, x = (k // 2) * size + row, (k % 2) * size + col
+        np.testing.assert_array_equal(window, grid[y : y + size, x : x + size])
+        origins.add((y, x))
+    assert len(origins) > 12  # anywhere in the mosaic, not at the tiles' own positions only
+    assert {(0, 0), (0, size), (size, 0), (size, size)} != origins
+
+
+def test_random_mosaic_is_four_crops_of_four_tiles_around_a_random_centre() -> None:
+    size = 16
+    images, masks = _numbered_tiles(4, size)
+    config = TrainConfig(mosaic="random", mosaic_empty=0.0)
+    centres = set()
+    for seed in range(24):
+        image, mask = TL.mosaic_window(
+            tf.constant(images), tf.constant(masks), tf.constant([seed, 5]), config, NODATA
+        )
+        image, mask = image.numpy(), mask.numpy()
+        assert image.shape == (size, size, 3) and mask.shape == (size, size, 1)
+        tile = image[..., 0]
+        cy = int(np.argmax(tile[:, 0] != tile[0, 0]))  # first row of the bottom parts
+        cx = int(np.argmax(tile[0, :] != tile[0, 0]))  # first column of the right parts
+        assert size // 4 <= cy <= size - size // 4 and size // 4 <= cx <= size - size // 4
+        centres.add((cy, cx))
+        parts = (np.s_[:cy, :cx], np.s_[:cy, cx:], np.s_[cy:, :cx], np.s_[cy:, cx:])
+        for k, part in enumerate(parts):
+            np.testing.assert_array_equal(tile[part], k)  # part k comes from tile k ...
+            rows, cols = image[part][..., 1], image[part][..., 2]
+            # ... as one contiguous crop of it, the mask cut from the same place
+            height, width = rows.shape
+            expected_rows = rows[0, 0] + np.arange(height)[:, None] + np.zeros((1, width))
+            np.testing.assert_array_equal(rows, expected_rows)
+            expected_cols = cols[0, 0] + np.arange(width)[None] + np.zeros((height, 1))
+            np.testing.assert_array_equal(cols, expected_cols)
+            source = masks[k, int(rows[0, 0]) :, int(cols[0, 0]) :][
+                : rows.shape[0], : cols.shape[1]
+            ]
+            np.testing.assert_array_equal(mask[part], source)
+    assert len(centres) > 8
+
+
+@pytest.mark.parametrize("mode", ["grid", "random"])
+def test_mosaic_cells_without_data_are_the_nodata_value_and_background(mode) -> None:
+    images, masks = _numbered_tiles(4, 8)
+    config = TrainConfig(mosaic=mode, mosaic_empty=0.999)
+    image, mask = TL.mosaic_window(
+        tf.constant(images), tf.constant(masks), tf.constant([0, 1]), config, NODATA
+    )
+    np.testing.assert_array_equal(image.numpy(), np.broadcast_to(NODATA, (8, 8, 3)))
+    assert not mask.numpy().any()
+
+
+@pytest.mark.parametrize("mode", ["grid", "random"])
+def test_mosaic_windows_one_pass_is_one_window_per_tile_with_facilities_anywhere(mode) -> None:
+    size = 16
+    images, masks = _numbered_tiles(6, size)
+    config = TrainConfig(mosaic=mode, mosaic_empty=0.1, augment_color=0.0, batch_size=3)
+    tiles = tf.data.Dataset.from_tensor_slices((images, masks))
+    batches = list(TL.batch_pairs(tiles, config, training=True, nodata_image=NODATA))
+    assert [int(b[0].shape[0]) for b in batches] == [3, 3]  # 6 tiles -> 6 windows
+    shares = []
+    for _ in range(8):  # passes are reshuffled
+        for batch_images, batch_masks in TL.batch_pairs(
+            tiles, config, training=True, nodata_image=NODATA
+        ):
+            shares.extend(batch_masks.numpy().mean(axis=(1, 2, 3)))
+            valid = batch_images.numpy()[..., 0] != NODATA[0]
+            assert valid.any(axis=(1, 2)).sum() >= 1
+    # whole tiles hold one of 6 facility shares; windows cut facilities at their edge
+    whole = {round(float(m.mean()), 4) for m in masks}
+    assert len({round(float(s), 4) for s in shares} - whole) >= 3
+
+
+def test_mosaic_needs_the_nodata_value_when_cells_may_be_empty() -> None:
+    images, masks = _numbered_tiles(4, 8)
+    tiles = tf.data.Dataset.from_tensor_slices((images, masks))
+    with pytest.raises(ValueError, match="no-data value"):
+        TL.batch_pairs(tiles, TrainConfig(mosaic="random", mosaic_empty=0.1), training=True)
+    # without empty cells it is not needed
+    TL.batch_pairs(tiles, TrainConfig(mosaic="random", mosaic_empty=0.0), training=True)
+
+
+def test_nodata_value_is_zero_reflectance_normalised() -> None:
+    mean, std = np.array([0.1, 0.2, 0.3], np.float32), np.array([0.05, 0.1, 0.2], np.float32)
+    np.testing.assert_allclose(TL.nodata_value(mean, std), [-2.0, -2.0, -1.5], rtol=1e-6)
 
 
 def test_rescale_by_one_is_identity() -> None:

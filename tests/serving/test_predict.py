@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from scipy import ndimage
 
 from data.geo import pixel_areas
 from serving.config import PredictConfig
 from serving.predict import (
+    EDGE_WEIGHT,
     LocalModel,
     PredictError,
     RemoteModel,
@@ -46,8 +48,11 @@ def test_blend_weights_ramp_across_the_overlap():
     np.testing.assert_array_equal(w, w.T)
     np.testing.assert_array_equal(w, w[::-1, ::-1])
     assert (np.diff(w[32, :32]) >= 0).all() and (w[16:48, 16:48] == 1.0).all()
-    # Two windows overlapping by 16 cross-fade linearly: their weights sum to a constant there.
-    np.testing.assert_allclose(w[32, 48:] + w[32, :16], 1.0, atol=1e-6)
+    # The outer 3/8 of the overlap (6 px) is left to the neighbouring window ...
+    np.testing.assert_array_equal(w[32, :6], EDGE_WEIGHT)
+    assert (w[32, 6:10] > EDGE_WEIGHT).all() and (w[32, 10:54] == 1.0).all()
+    # ... and two windows overlapping by 16 cross-fade: their weights sum to ~1 there.
+    np.testing.assert_allclose(w[32, 48:] + w[32, :16], 1.0, atol=2 * EDGE_WEIGHT)
     assert (blend_weights(64, 0) == 1.0).all()
 
 
@@ -113,6 +118,111 @@ def test_no_data_pixels_are_255_in_the_mask_and_nan_in_probabilities(tmp_path):
     assert (mask[10:20, 30:50] == 255).all() and np.isnan(probabilities[10:20, 30:50]).all()
     assert result.valid_pixels == 80 * 90 - 200
     assert set(np.unique(mask[~np.isnan(probabilities)])) <= {0, 1}
+
+
+# --------------------------------------------------------------------------- seams
+DEFAULT = PredictConfig()  # tile 448, overlap 128: what `tailings predict` runs
+TAILINGS = np.array([0.18, 0.22, 0.30], np.float32)  # the colour `scene()` paints tailings
+BLOB_TOLERANCE = 0.05  # max |probability - pixelwise answer| on the facility; see below
+
+
+@dataclass
+class EdgeBiasedModel(PixelModel):
+    """`PixelModel`'s answer damped near the window's border, as a real CNN's is.
+
+    A CNN pads with zeros and sees less context near its window's border, so its probabilities
+    there are less sure than in the middle of the window. Here the factor is 0.3 on the border
+    and rises linearly to 1 at tile / 8 pixels inside (per axis; the smaller of the two counts).
+    Windows must then be blended so that the damped borders do not show: a scene's answer should
+    be the pixelwise one everywhere but near the scene's own edges.
+    """
+
+    tile: int = DEFAULT.tile
+    source: str = "pixelwise sigmoid of B4, damped near the window's border"
+    border_factor: float = 0.3
+    damping: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        inside = np.minimum(np.arange(self.tile), np.arange(self.tile)[::-1])
+        ramp = np.minimum(1.0, inside / (self.tile / 8))
+        per_axis = self.border_factor + (1.0 - self.border_factor) * ramp
+        self.damping = np.minimum.outer(per_axis, per_axis)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        return super().__call__(tiles) * self.damping
+
+
+@pytest.fixture(scope="module")
+def seam_scene(tmp_path_factory):
+    """A 448 x 896 scene with one rectangular facility across column 448, where the first
+    window ends: with overlap 0 two windows meet there; with the default overlap (windows at
+    0, 320, 448) the first window's edge still cuts it (checked in `predict_seam`).
+    The facility keeps 144 pixels (> tile / 8) from the scene's edges, where nothing blends.
+
+    Returns (path, facility [H, W] bool, the pixelwise answer [H, W])."""
+    tile = DEFAULT.tile
+    height, width = tile, 2 * tile
+    image, _ = scene(height, width, seed=11, blobs=0)  # background with noise
+    facility = np.zeros((height, width), bool)
+    facility[144:304, tile - 112 : tile + 112] = True
+    rng = np.random.default_rng(12)
+    bright = TAILINGS[:, None] + rng.normal(0.0, 0.015, (3, int(facility.sum())))
+    image[:, facility] = np.clip(bright, 0.0, 0.6).astype(np.float32)
+    path = write_geotiff(tmp_path_factory.mktemp("seam") / "scene.tif", image)
+    direct = 1.0 / (1.0 + np.exp(-40.0 * (image[2] - 0.17)))
+    return path, facility, direct
+
+
+def predict_seam(seam_scene, tmp_path, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, probabilities) of the seam scene with EdgeBiasedModel at this overlap."""
+    path, facility, _ = seam_scene
+    cfg = PredictConfig(overlap=overlap)
+    columns = np.flatnonzero(facility.any(axis=0))
+    starts = window_starts(facility.shape[1], cfg.tile, cfg.stride)
+    edges = {s for s in starts if s > 0} | {s + cfg.tile for s in starts[:-1]}
+    assert any(columns[0] < e <= columns[-1] for e in edges), "the facility crosses no edge"
+    predict_scene(path, EdgeBiasedModel(), tmp_path / "mask.tif", cfg, tmp_path / "prob.tif")
+    with rasterio.open(tmp_path / "mask.tif") as m, rasterio.open(tmp_path / "prob.tif") as p:
+        return m.read(1), p.read(1)
+
+
+def test_blended_windows_find_a_facility_across_a_window_edge_in_one_piece(seam_scene, tmp_path):
+    _, facility, direct = seam_scene
+    assert direct[facility].min() > 0.9 and direct[~facility].max() < 0.1
+    mask, _ = predict_seam(seam_scene, tmp_path, DEFAULT.overlap)
+    pieces, count = ndimage.label(mask == 1)
+    assert count == 1
+    np.testing.assert_array_equal(pieces > 0, facility)  # no gap along any window edge
+
+
+def test_blended_probabilities_are_the_pixelwise_answer_across_a_window_edge(seam_scene, tmp_path):
+    _, facility, direct = seam_scene
+    _, probabilities = predict_seam(seam_scene, tmp_path, DEFAULT.overlap)
+    # The pixelwise answer on the facility is >= 0.9, so an error within the tolerance moves no
+    # facility pixel across the 0.5 threshold, while a seam that survives blending dips by up
+    # to 0.7 (the border factor is 0.3): far outside it. Blending that keeps each window's
+    # damped border out of the mean is exact here (measured: error < 0.01).
+    error = np.abs(probabilities - direct)[facility]
+    assert error.max() <= BLOB_TOLERANCE, f"max error {error.max():.3f} on the facility"
+
+
+def test_without_overlap_a_window_edge_cuts_the_facility(seam_scene, tmp_path):
+    """The seam test's control: unblended windows do show the seam the tests above look for."""
+    _, facility, direct = seam_scene
+    mask, probabilities = predict_seam(seam_scene, tmp_path, overlap=0)
+    edge = DEFAULT.tile
+    assert window_starts(facility.shape[1], edge, edge) == [0, edge]  # they meet at 448
+    rows = facility.any(axis=1)
+    # Both windows damp the facility to 0.3 x its probability at their shared edge ...
+    np.testing.assert_allclose(
+        probabilities[rows, edge - 1 : edge + 1],
+        0.3 * direct[rows, edge - 1 : edge + 1],
+        rtol=1e-5,
+    )
+    # ... so a line of background runs through it along the edge, and it falls in two pieces.
+    assert (mask[rows, edge - 1 : edge + 1] == 0).all()
+    _, count = ndimage.label(mask == 1)
+    assert count == 2
 
 
 # --------------------------------------------------------------------------- outputs and areas
