@@ -250,8 +250,16 @@ def markdown(result: dict) -> str:
             )
         cv = result["cross_validation"]
         if "scene" in cv:
+            for fold in result["folds"]:
+                if "scene_scores" in fold:
+                    name = f"train fold {fold['fold']} as scene windows ({fold['scene_windows']})"
+                    lines.append(row(name, fold["scene_scores"], "0.50"))
             name = f"**train pairs as scene windows, out of fold ({cv['scene_windows']} windows)**"
             lines.append(row(name, cv["scene"], "0.50"))
+            scene_best = max(cv["scene"], key=lambda t: cv["scene"][t]["iou"])
+            lines.append(
+                row("scene windows, out of fold (best threshold)", cv["scene"], scene_best)
+            )
             lines.append(
                 "| scene windows: all-background baseline | - | 0 | 0 | "
                 f"{cv['scene_all_background_accuracy']:.3f} |"
