@@ -84,20 +84,23 @@ def stack(pairs: list) -> Split:
     )
 
 
+def scene_plan(split: Split) -> tuple[list, dict]:
+    """The mosaics ExampleGen would lay out from `split`'s tiles as the scene split
+    (`data.scenes.plan_mosaics`), and the tiles (GeoPairs) by pair id."""
+    from data.config import SceneConfig
+    from data.scenes import plan_mosaics
+
+    tiles = dict(zip(split.ids, split.pairs, strict=True))
+    return plan_mosaics(split.ids, split.images.shape[1], SceneConfig()), tiles
+
+
 def scene_windows(split: Split) -> Split:
     """The scene construction of `split`'s tiles, as ExampleGen builds the scene split from
     the eval pairs (`data.scenes`): mosaics of unrelated tiles cut on a shifted grid."""
-    from data.config import SceneConfig
-    from data.scenes import cut_windows, plan_mosaics
+    from data.scenes import cut_windows
 
-    tiles = dict(zip(split.ids, split.pairs, strict=True))
-    size = split.images.shape[1]
-    windows = [
-        window
-        for mosaic in plan_mosaics(split.ids, size, SceneConfig())
-        for window in cut_windows(mosaic, tiles)
-    ]
-    return stack(windows)
+    mosaics, tiles = scene_plan(split)
+    return stack([window for mosaic in mosaics for window in cut_windows(mosaic, tiles)])
 
 
 def fold_of(pair_id: str, folds: int) -> int:

@@ -223,38 +223,6 @@ def shift_curve(predict: Predict, images: np.ndarray, masks: np.ndarray, batch: 
     return out
 
 
-def scene_plan(ids: list[str], images: np.ndarray, masks: np.ndarray) -> tuple[list, dict]:
-    """The pipeline's mosaics of these eval tiles, and the tiles as GeoPairs by pair id.
-
-    The tiles get a placeholder georeference: only the pixels are scored here.
-    """
-    from data.config import SceneConfig
-    from data.pairs import GeoPair
-    from data.scenes import plan_mosaics
-
-    tiles = {
-        pid: GeoPair(
-            pid,
-            images[k],
-            masks[k, ..., 0].astype(np.uint8),
-            ("B2", "B3", "B4"),
-            "",
-            0,
-            (1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
-        )
-        for k, pid in enumerate(ids)
-    }
-    return plan_mosaics(ids, images.shape[1], SceneConfig()), tiles
-
-
-def scene_windows(ids: list[str], images: np.ndarray, masks: np.ndarray) -> list:
-    """The pipeline's scene split of these eval tiles, built in memory (GeoPairs)."""
-    from data.scenes import cut_windows
-
-    mosaics, tiles = scene_plan(ids, images, masks)
-    return [w for m in mosaics for w in cut_windows(m, tiles)]
-
-
 def score_scene(predict: Predict, windows: list, batch: int) -> dict:
     tally = Tally()
     for group in batched(windows, batch):
@@ -544,14 +512,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from quality import load
+    from quality import load, scene_plan
+
+    from data.scenes import cut_windows
 
     _, evaluation = load(args.data)
     if not evaluation.ids:
         print(f"{args.data}: no eval pairs", file=sys.stderr)
         return 2
-    mosaics, tiles = scene_plan(evaluation.ids, evaluation.images, evaluation.masks)
-    windows = scene_windows(evaluation.ids, evaluation.images, evaluation.masks)
+    mosaics, tiles = scene_plan(evaluation)
+    windows = [window for mosaic in mosaics for window in cut_windows(mosaic, tiles)]
     print(f"{len(evaluation.ids)} eval tiles, {len(windows)} scene windows")
     size = evaluation.images.shape[1]
     too_wide = [o for o in args.overlaps if o >= size]

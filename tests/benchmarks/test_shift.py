@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import quality
 import shift
 
 from schemas.features import MASK_NODATA
@@ -114,18 +115,25 @@ def test_pooled_scores_count_valid_pixels_only() -> None:
     assert s["pixels"] == 3
 
 
-def test_results_merge_by_model_name(tmp_path) -> None:
-    out = tmp_path / "shift.json"
-    entry = {
+def result_entry(**fields) -> dict:
+    """One model's entry of shift.json, as `main` writes it; `fields` replace the results."""
+    return {
         "model_dir": "/m",
         "commit": "abc1234",
         "date": "2026-01-01T00:00:00+00:00",
         "machine": {"quiet": True, "load_average": [0.1, 0.1, 0.1]},
         "seconds": 1.0,
-        "shift_curve": {str(d): {"iou": 0.4 / (1 + d)} for d in shift.SHIFTS},
-        "ratios": {"128": 0.1, "224": 0.0},
-        "scene": {"iou": 0.05, "pixel_accuracy": 0.9, "all_background_accuracy": 0.92},
+        **fields,
     }
+
+
+def test_results_merge_by_model_name(tmp_path) -> None:
+    out = tmp_path / "shift.json"
+    entry = result_entry(
+        shift_curve={str(d): {"iou": 0.4 / (1 + d)} for d in shift.SHIFTS},
+        ratios={"128": 0.1, "224": 0.0},
+        scene={"iou": 0.05, "pixel_accuracy": 0.9, "all_background_accuracy": 0.92},
+    )
     out.write_text(json.dumps(shift.merged(out, {"old_default": entry})))
     results = shift.merged(out, {"new_default": entry})
     assert list(results["models"]) == ["old_default", "new_default"]
@@ -135,12 +143,27 @@ def test_results_merge_by_model_name(tmp_path) -> None:
 
 # ---------------------------------------------------------------- whole mosaics by overlap
 @pytest.fixture
-def eval_tiles() -> tuple[list[str], np.ndarray, np.ndarray]:
-    """5 tiles of T x T (one 3 x 2 mosaic with an empty cell); tailings where B4 > 0.5."""
+def eval_tiles() -> quality.Split:
+    """5 tiles of T x T (one 3 x 2 mosaic with an empty cell); tailings where B4 > 0.5.
+
+    A placeholder georeference: only pixels are scored."""
+    from data.pairs import GeoPair
+
     rng = np.random.default_rng(3)
     images = rng.uniform(0.0, 1.0, (5, T, T, 3)).astype(np.float32)
-    masks = (images[..., 2:3] > 0.5).astype(np.float32)
-    return [f"p{k}" for k in range(5)], images, masks
+    pairs = [
+        GeoPair(
+            f"p{k}",
+            images[k],
+            (images[k, ..., 2] > 0.5).astype(np.uint8),
+            ("B2", "B3", "B4"),
+            "",
+            0,
+            (1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+        )
+        for k in range(5)
+    ]
+    return quality.stack(pairs)
 
 
 @dataclasses.dataclass
@@ -169,7 +192,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
     from serving.config import PredictConfig
     from serving.predict import predict_scene
 
-    [mosaic], tiles = shift.scene_plan(*eval_tiles)
+    [mosaic], tiles = quality.scene_plan(eval_tiles)
     assert (mosaic.rows, mosaic.cols, len(mosaic.pair_ids)) == (2, 3, 5)
     image, truth = shift.mosaic_pixels(mosaic, tiles)
     path = shift.write_mosaic(tmp_path / "mosaic.tif", image)
@@ -196,7 +219,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
 def test_predict_by_overlap_scores_the_whole_mosaics(eval_tiles, tmp_path) -> None:
     from serving.predict import window_starts
 
-    mosaics, tiles = shift.scene_plan(*eval_tiles)
+    mosaics, tiles = quality.scene_plan(eval_tiles)
     out = shift.predict_by_overlap(PixelModel(), mosaics, tiles, (0, 2, 4), 3, tmp_path)
     assert list(out) == ["0", "2", "4"]
     height, width = shift.mosaic_pixels(mosaics[0], tiles)[1].shape
@@ -212,16 +235,7 @@ def test_predict_by_overlap_scores_the_whole_mosaics(eval_tiles, tmp_path) -> No
 
 def test_markdown_shows_the_overlap_table_for_models_that_have_one() -> None:
     scores = {"iou": 0.1, "pixel_accuracy": 0.9, "all_background_accuracy": 0.92}
-    entry = {
-        "model_dir": "/m",
-        "commit": "abc1234",
-        "date": "2026-01-01T00:00:00+00:00",
-        "machine": {"quiet": True, "load_average": [0.1, 0.1, 0.1]},
-        "seconds": 1.0,
-        "shift_curve": {"0": {"iou": 0.4}},
-        "ratios": {"128": 0.1},
-        "scene": scores,
-    }
+    entry = result_entry(shift_curve={"0": {"iou": 0.4}}, ratios={"128": 0.1}, scene=scores)
     with_overlaps = dict(
         entry, predict_by_overlap={"64": dict(scores, iou=0.25, windows=45, seconds=12.5)}
     )
