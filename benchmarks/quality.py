@@ -19,28 +19,27 @@ overfits 17 images. This script measures how the Trainer's recipe generalises in
   the pipeline's scene split (built here from the same eval tiles), as the pipeline's two
   Evaluators score them, at 0.5 and at the chosen threshold.
 
-Training is the Trainer's own code (`trainer_lib.compile_model`, `batch_pairs`/`augment`,
-`early_stopping` on the held-out part, as `run_fn` does on the eval split) fed from memory
-instead of Transform's TFRecords; normalisation is the Transform's (per-band mean and std
-over the training part). Results go to benchmarks/results/quality.{json,md}.
+Training is the Trainer's own code fed from memory (`components.cross_validation`, shared with
+`tailings labels review`); pairs the data's `labels.yaml` excludes are left out, as ExampleGen
+leaves them out. Results go to benchmarks/results/quality.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import platform
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from _env import DEFAULT_DATA, RESULTS  # sets the environment first
 
+from components import cross_validation
+from components.cross_validation import Split, fold_of, load_splits, scene_windows, subset
 from schemas.features import MASK_NODATA
 
 DEFAULT_OUT = RESULTS / "quality.json"
@@ -48,135 +47,19 @@ DEFAULT_OUT = RESULTS / "quality.json"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
 
-@dataclasses.dataclass
-class Split:
-    ids: list[str]
-    images: np.ndarray  # [N,H,W,3] reflectance
-    masks: np.ndarray  # [N,H,W,1] float 0/1 (255: no data, in scene windows)
-    pairs: list = dataclasses.field(default_factory=list)  # the GeoPairs (tiles only)
-
-
 def load(data: Path) -> tuple[Split, Split]:
-    """The pairs the pipeline would train and evaluate on (same validation, same split)."""
-    from data.config import PairingConfig, SplitConfig, ValidationConfig
-    from data.convert import ShardPlan
-    from data.pairs import GeoPair, discover_pairs, validate
+    """The pairs the pipeline would train and evaluate on, without the pairs the data's
+    reviewed labels file excludes (as ExampleGen leaves them out)."""
+    from data.labels import load_exclusions
 
-    split = SplitConfig()  # what PipelineConfig.split defaults to
-    plan = ShardPlan(shards=split.shards, splits=split.splits)
-    parts: dict[str, list[GeoPair]] = {"train": [], "eval": []}
-    for spec in discover_pairs(data / "img", data / "mask", PairingConfig()):
-        pair = validate(spec, ValidationConfig())
-        if isinstance(pair, GeoPair):
-            parts[plan.key(pair.pair_id)[0]].append(pair)
-        else:
-            print(f"skipped {pair.pair_id}: {pair.reason} ({pair.detail})")
-
-    return stack(parts["train"]), stack(parts["eval"])
-
-
-def stack(pairs: list) -> Split:
-    return Split(
-        [p.pair_id for p in pairs],
-        np.stack([p.image for p in pairs]).astype(np.float32),
-        np.stack([p.mask for p in pairs])[..., None].astype(np.float32),
-        list(pairs),
-    )
-
-
-def scene_plan(split: Split) -> tuple[list, dict]:
-    """The mosaics ExampleGen would lay out from `split`'s tiles as the scene split
-    (`data.scenes.plan_mosaics`), and the tiles (GeoPairs) by pair id."""
-    from data.config import SceneConfig
-    from data.scenes import plan_mosaics
-
-    tiles = dict(zip(split.ids, split.pairs, strict=True))
-    return plan_mosaics(split.ids, split.images.shape[1], SceneConfig()), tiles
-
-
-def scene_windows(split: Split) -> Split:
-    """The scene construction of `split`'s tiles, as ExampleGen builds the scene split from
-    the eval pairs (`data.scenes`): mosaics of unrelated tiles cut on a shifted grid."""
-    from data.scenes import cut_windows
-
-    mosaics, tiles = scene_plan(split)
-    return stack([window for mosaic in mosaics for window in cut_windows(mosaic, tiles)])
-
-
-def fold_of(pair_id: str, folds: int) -> int:
-    """Fold by a hash of the id (not the id hash the train/eval split used)."""
-    return int.from_bytes(hashlib.sha256(f"fold:{pair_id}".encode()).digest()[:8], "big") % folds
+    return load_splits(data, load_exclusions(data))
 
 
 def train_and_predict(train: Split, held_out: Split, config, scene: Split | None = None):  # noqa: ANN001
-    """Train the Trainer's model on `train` (early stopping on `held_out`), predict held_out
-    (and the scene windows `scene`, if given: then returns their probabilities too)."""
-    import tensorflow as tf
-    import tf_keras as keras
-
-    from components import trainer_lib
-    from components.transform_lib import normalize
-
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.train.seed)
-    mean = train.images.reshape(-1, 3).mean(0)
-    std = train.images.reshape(-1, 3).std(0)
-
-    def dataset(split: Split, training: bool) -> tf.data.Dataset:
-        images = normalize(split.images, mean, std)
-        pairs = tf.data.Dataset.from_tensor_slices((images, split.masks))
-        return trainer_lib.batch_pairs(pairs, config.train, training=training, nodata_image=nodata)
-
-    nodata = trainer_lib.nodata_value(mean, std)
-
-    model = trainer_lib.compile_model(config)
-    started = time.monotonic()
-    history = model.fit(
-        dataset(train, True),
-        validation_data=dataset(held_out, False),
-        epochs=config.train.epochs,
-        callbacks=trainer_lib.fit_callbacks(config.train),
-        verbose=0,
-    )
-    trainer_lib.finish_training(model, config.train, dataset(train, False))
-    seconds = time.monotonic() - started
-    scene_probabilities = (
-        predict_all(model, normalize(scene.images, mean, std), config)
-        if scene is not None
-        else None
-    )
-    return (
-        predict_all(model, normalize(held_out.images, mean, std), config),
-        seconds,
-        len(history.history["loss"]),
-        scene_probabilities,
-    )
-
-
-def predict_all(model, images: np.ndarray, config) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """Probabilities under every test-time augmentation mode, from the same trained model.
-
-    Every mode's transforms are a subset of `d4`'s, so the 8 `d4` passes run once and each
-    mode averages its own subset of them (as `unet.symmetry_average` would compute it).
-    """
-    import tensorflow as tf
-
-    from components.unet import TEST_TIME_TRANSFORMS, symmetry_outputs
-
-    every = TEST_TIME_TRANSFORMS["d4"]
-    predict = tf.function(
-        lambda x: tf.stack(symmetry_outputs(model, x, every)), reduce_retracing=True
-    )
-    step = config.train.batch_size
-    # [transforms, N, H, W, 1]
-    outputs = np.concatenate(
-        [predict(tf.constant(images[i : i + step])).numpy() for i in range(0, len(images), step)],
-        axis=1,
-    )
-    return {
-        mode: outputs[[every.index(t) for t in transforms]].mean(axis=0)
-        for mode, transforms in TEST_TIME_TRANSFORMS.items()
-    }
+    """`cross_validation.train_and_predict` as this script reads it: (held-out probabilities by
+    test-time augmentation mode, seconds, epochs, scene probabilities or None)."""
+    fold = cross_validation.train_and_predict(train, held_out, config, scene)
+    return fold.held_out, fold.seconds, fold.epochs, fold.scene
 
 
 def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:
@@ -195,15 +78,6 @@ def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, 
             "pixel_accuracy": float(np.sum((predicted == truth) & valid) / max(valid.sum(), 1)),
         }
     return out
-
-
-def subset(split: Split, keep: np.ndarray) -> Split:
-    return Split(
-        [i for i, k in zip(split.ids, keep, strict=True) if k],
-        split.images[keep],
-        split.masks[keep],
-        [p for p, k in zip(split.pairs, keep, strict=True) if k],
-    )
 
 
 def markdown(result: dict) -> str:

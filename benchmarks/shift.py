@@ -512,8 +512,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from quality import load, scene_plan
+    from quality import load
 
+    from components.cross_validation import scene_plan
     from data.scenes import cut_windows
 
     _, evaluation = load(args.data)

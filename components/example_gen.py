@@ -5,7 +5,10 @@ must be validated together, and bad pairs must be reported, not dropped. So this
 `data.convert.convert_pairs` inside TFX's Beam pipeline and publishes two artifacts: standard
 `Examples` (split by a hash of the pair id, readable by every TFX component) and a
 `ConversionReport` (rejected.jsonl + summary.json) so the rejected pairs are tracked in ML
-Metadata next to the data they were left out of.
+Metadata next to the data they were left out of. Pairs excluded in the data folder's
+`labels.yaml` (see `data.labels`) are rejected with reason `excluded_by_review`, so they reach
+no split, the scene split included; the file is part of the input fingerprint, so editing it
+invalidates TFX's cache.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from data import scenes
 from data.config import PairingConfig, SceneConfig, SplitConfig, ValidationConfig
 from data.convert import ConversionError, ShardPlan, convert_pairs, summarize
+from data.labels import LABELS_FILE, LabelsFileError, labels_path, load_exclusions
 from data.pairs import PairSpec, discover_pairs
 
 EXAMPLES_KEY = "examples"
@@ -46,10 +50,13 @@ class ConversionReport(types.Artifact):
 
 
 def input_fingerprint(input_base: str, cfg: PairingConfig = PairingConfig()) -> str:
-    """Names, sizes and modification times of every input raster.
+    """Names, sizes and modification times of every input raster, plus the content of
+    `labels.yaml` when there is one.
 
     Passed as an execution property so TFX's cache sees changed input files; without it a
-    re-run over edited data would reuse the old examples.
+    re-run over edited data (or edited review decisions) would reuse the old examples.
+    Anything that is not a regular file (a folder, a dangling symlink) is skipped, as
+    `discover_pairs` skips it.
     """
     digest = hashlib.sha256()
     for sub in ("img", "mask"):
@@ -57,9 +64,14 @@ def input_fingerprint(input_base: str, cfg: PairingConfig = PairingConfig()) -> 
         if not os.path.isdir(folder):
             continue
         for name in sorted(os.listdir(folder)):
-            if os.path.splitext(name)[1].lower() in cfg.extensions:
-                st = os.stat(os.path.join(folder, name))
+            path = os.path.join(folder, name)
+            if os.path.splitext(name)[1].lower() in cfg.extensions and os.path.isfile(path):
+                st = os.stat(path)
                 digest.update(f"{sub}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    labels = labels_path(input_base)
+    if labels.is_file():
+        content = hashlib.sha256(labels.read_bytes()).hexdigest()
+        digest.update(f"{LABELS_FILE}:{content}\n".encode())
     return digest.hexdigest()
 
 
@@ -95,10 +107,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         )
         if not specs:
             raise ConversionError(f"no image/mask GeoTIFFs under {input_base}/img and /mask")
+        try:
+            excluded = load_exclusions(input_base, known_ids={s.pair_id for s in specs})
+        except LabelsFileError as err:
+            raise ConversionError(str(err)) from err
         os.makedirs(report.uri, exist_ok=True)
         rejected_path = os.path.join(report.uri, REJECTED_FILE)
         with self._make_beam_pipeline() as p:
-            convert_pairs(p, specs, examples.uri, plan, ValidationConfig(), rejected_path)
+            convert_pairs(p, specs, examples.uri, plan, ValidationConfig(), rejected_path, excluded)
         summary = summarize(
             p.result,
             specs,
@@ -163,13 +179,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 
 class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
-    """ExampleGen for folders of Sentinel-2 GeoTIFF image/mask pairs (`img/`, `mask/`)."""
+    """ExampleGen for folders of Sentinel-2 GeoTIFF image/mask pairs (`img/`, `mask/`).
+
+    A `labels.yaml` beside them is checked when the component is built, so a typo in it stops
+    the run before the pipeline starts (`data.labels.LabelsFileError`).
+    """
 
     SPEC_CLASS = GeoTiffExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, input_base: str, config: SplitConfig = SplitConfig()) -> None:
         input_base = os.path.abspath(input_base)
+        _check_labels(input_base)
         super().__init__(
             spec=GeoTiffExampleGenSpec(
                 input_base=input_base,
@@ -181,3 +202,15 @@ class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
                 conversion_report=types.Channel(type=ConversionReport),
             )
         )
+
+
+def _check_labels(input_base: str) -> None:
+    """Raise `LabelsFileError` for a bad `labels.yaml`; its ids are checked against the pairs
+    on disk when `img/` and `mask/` exist (listing two folders, nothing read)."""
+    if not os.path.lexists(labels_path(input_base)):
+        return
+    images, masks = os.path.join(input_base, "img"), os.path.join(input_base, "mask")
+    known = None
+    if os.path.isdir(images) and os.path.isdir(masks):
+        known = {s.pair_id for s in discover_pairs(images, masks, PairingConfig())}
+    load_exclusions(input_base, known_ids=known)

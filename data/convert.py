@@ -1,9 +1,11 @@
 """Apache Beam conversion of GeoTIFF image/mask pairs into GZIP TFRecords of tf.Example.
 
 Bad pairs leave through a tagged dead-letter output and land in `rejected.jsonl` with their
-reason, so one broken file never costs the good ones. The same `ConvertPairs` transform is used
-by `tailings convert` and by the pipeline's ExampleGen; extra Beam options pass through
-unchanged, so the job runs on Dataflow, Flink or Spark as well as the local DirectRunner.
+reason, so one broken file never costs the good ones. Pairs a person excluded in `labels.yaml`
+(see `data.labels`) are not read at all and leave the same way, with reason `excluded_by_review`.
+The same `ConvertPairs` transform is used by `tailings convert` and by the pipeline's
+ExampleGen; extra Beam options pass through unchanged, so the job runs on Dataflow, Flink or
+Spark as well as the local DirectRunner.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -24,7 +26,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from data.config import ConversionConfig, ValidationConfig
 from data.examples import to_example
-from data.pairs import PairSpec, Rejection, discover_pairs, validate
+from data.pairs import EXCLUDED_BY_REVIEW, PairSpec, Rejection, discover_pairs, validate
 
 METRICS_NAMESPACE = "tailings.convert"
 CONVERTED = "converted"
@@ -87,12 +89,21 @@ class WriteShardFn(beam.DoFn):
     every serialized example (2.4 MB per 448x448 pair) through a GroupByKey, while grouping the
     few-byte pair specs by shard moves only file names between workers. The file is written to
     a temporary name and renamed, so a retried bundle never leaves half a shard.
+
+    Pairs in `excluded` (pair id -> reason, from `labels.yaml`) are rejected without being read.
     """
 
-    def __init__(self, cfg: ValidationConfig, plan: ShardPlan, output_dir: str) -> None:
+    def __init__(
+        self,
+        cfg: ValidationConfig,
+        plan: ShardPlan,
+        output_dir: str,
+        excluded: Mapping[str, str] | None = None,
+    ) -> None:
         self._cfg = cfg
         self._plan = plan
         self._output_dir = output_dir
+        self._excluded = dict(excluded or {})  # a plain dict: the DoFn is pickled to workers
 
     def setup(self) -> None:
         self._converted = Metrics.counter(METRICS_NAMESPACE, CONVERTED)
@@ -104,7 +115,16 @@ class WriteShardFn(beam.DoFn):
         count = 0
         with atomic_tfrecord(final) as writer:
             for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
-                result = validate(spec, self._cfg)
+                if spec.pair_id in self._excluded:
+                    result = Rejection(
+                        spec.pair_id,
+                        spec.image,
+                        spec.mask,
+                        EXCLUDED_BY_REVIEW,
+                        f"excluded by review in labels.yaml: {self._excluded[spec.pair_id]}",
+                    )
+                else:
+                    result = validate(spec, self._cfg)
                 if isinstance(result, Rejection):
                     self._rejected.inc()
                     Metrics.counter(METRICS_NAMESPACE, f"{REJECTED}.{result.reason}").inc()
@@ -122,6 +142,7 @@ class ConvertPairs(beam.PTransform):
     """PCollection[PairSpec] -> {written: shard records, rejected: dict} (dead-letter pattern).
 
     Every shard of the plan is written, empty or not, so readers always find `shards` files.
+    Pairs in `excluded` (pair id -> reason) are rejected with reason `excluded_by_review`.
     """
 
     def __init__(
@@ -129,11 +150,13 @@ class ConvertPairs(beam.PTransform):
         output_dir: str,
         plan: ShardPlan = ShardPlan(),
         cfg: ValidationConfig = ValidationConfig(),
+        excluded: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self._output_dir = output_dir
         self._plan = plan
         self._cfg = cfg
+        self._excluded = dict(excluded or {})
 
     def expand(self, specs):
         plan = self._plan
@@ -146,9 +169,9 @@ class ConvertPairs(beam.PTransform):
             | "Merge" >> beam.Flatten()
             | "Group by shard" >> beam.GroupByKey()
             | "Validate, encode, write"
-            >> beam.ParDo(WriteShardFn(self._cfg, plan, self._output_dir)).with_outputs(
-                REJECTED, main=WRITTEN
-            )
+            >> beam.ParDo(
+                WriteShardFn(self._cfg, plan, self._output_dir, self._excluded)
+            ).with_outputs(REJECTED, main=WRITTEN)
         )
 
 
@@ -221,13 +244,18 @@ def convert_pairs(
     plan: ShardPlan,
     validation: ValidationConfig,
     rejected_path: str,
+    excluded: Mapping[str, str] | None = None,
 ) -> None:
     """Add the conversion to a pipeline: shards under `output_dir`, rejections as JSON lines.
 
     Shared by `tailings convert` and the pipeline's ExampleGen, which brings its own pipeline.
+    `excluded` (pair id -> reason, see `data.labels.load_exclusions`) names pairs to reject
+    unread.
     """
     outputs = (
-        p | "Pairs" >> beam.Create(specs) | "Convert" >> ConvertPairs(output_dir, plan, validation)
+        p
+        | "Pairs" >> beam.Create(specs)
+        | "Convert" >> ConvertPairs(output_dir, plan, validation, excluded)
     )
     _ = (
         outputs[REJECTED]
@@ -286,8 +314,13 @@ def run_conversion(
     beam_args: Sequence[str] = (),
     say: Callable[[str], None] = lambda _msg: None,
     progress_every: float = 10.0,
+    excluded: Mapping[str, str] | None = None,
 ) -> ConversionSummary:
-    """Convert every pair under two folders; write shards, rejected.jsonl and summary.json."""
+    """Convert every pair under two folders; write shards, rejected.jsonl and summary.json.
+
+    `excluded` (pair id -> reason, see `data.labels.load_exclusions`) names pairs to reject
+    with reason `excluded_by_review` instead of converting them.
+    """
     start = time.monotonic()
     specs = discover_pairs(images_dir, masks_dir, cfg.pairing)
     if not specs:
@@ -310,7 +343,7 @@ def run_conversion(
     ticker.start()
     try:
         with _pipeline(pipeline_options(cfg.workers, beam_args, cfg.running_mode)) as p:
-            convert_pairs(p, specs, output_dir, plan, cfg.validation, rejected_path)
+            convert_pairs(p, specs, output_dir, plan, cfg.validation, rejected_path, excluded)
     finally:
         stop.set()
     return summarize(

@@ -30,6 +30,8 @@ MISSING_CRS = "missing_crs"
 CRS_MISMATCH = "crs_mismatch"
 TRANSFORM_MISMATCH = "transform_mismatch"
 NON_FINITE_PIXELS = "non_finite_pixels"
+# Not a file problem: a person excluded the pair in labels.yaml (see `data.labels`).
+EXCLUDED_BY_REVIEW = "excluded_by_review"
 
 
 @dataclass(frozen=True)

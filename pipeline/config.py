@@ -108,3 +108,48 @@ class PipelineConfig:
             )
         base.check_tile_size(self.transform.tile_size)
         return base
+
+
+@dataclass(frozen=True)
+class LabelReviewConfig:
+    """Every knob of `tailings labels review` (see pipeline/label_review.py)."""
+
+    data_dir: Path = Path("data/brazil-tailings")
+    out_dir: Path = Path("outputs/label-review")
+    html: Path | None = None  # default: out_dir / review.html
+    # As benchmarks/quality.py: each model trains on 3/4 of the pairs (~67 of the study's 90).
+    folds: int = 4
+    preset: str = DEFAULT_PRESET
+    epochs: int | None = None  # overrides the preset's
+    overrides: tuple[str, ...] = ()  # as PipelineConfig.overrides
+    write_exclusions: int = 0  # propose the N worst tiles as `exclude` entries
+    # cleanlab.segmentation.find_label_issues pools pixels in blocks of this size before it
+    # estimates the noise. 1 = every pixel: 15 s and 1.7 GB for 90 tiles of 448 px (timed on
+    # synthetic tiles), small beside training the fold models.
+    downsample: int = 1
+    trainer_override: TrainerConfig | None = None  # tests: a tiny network
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"--folds must be at least 2, got {self.folds}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.write_exclusions < 0:
+            raise ValueError(f"--write-exclusions must be >= 0, got {self.write_exclusions}")
+        if self.downsample < 1:
+            raise ValueError(f"downsample must be >= 1, got {self.downsample}")
+
+    @property
+    def html_path(self) -> Path:
+        return self.html if self.html is not None else self.out_dir / "review.html"
+
+    def trainer(self) -> TrainerConfig:
+        """The preset with the review's changes (raises ValueError on a bad --set)."""
+        import dataclasses
+
+        base = with_overrides(self.trainer_override or preset(self.preset), self.overrides)
+        if self.epochs is not None:
+            base = dataclasses.replace(
+                base, train=dataclasses.replace(base.train, epochs=self.epochs)
+            )
+        return base

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from schemas import features as F
 
@@ -21,6 +20,8 @@ TRAIN_SPLIT = "train"
 def statistics_from_run(cfg: PipelineConfig, run_id: str | None = None):
     """The train split's statistics from a run's StatisticsGen artifact."""
     import tensorflow_data_validation as tfdv
+
+    from pipeline import metadata, nodes
 
     run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), run_id)
     artifact = run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS) if run else None

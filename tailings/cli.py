@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tailings.common import EXIT_FAILED, EXIT_OK, CliError, say
+from tailings.labels_cli import add_labels
 from tailings.serving_cli import add_predict, add_serve
 from tailings.stats_cli import add_report, add_stats
 
@@ -52,6 +53,14 @@ def _add_convert(sub) -> None:
         "--shards", type=int, default=d.shards, help="TFRecord shards (default: %(default)s)"
     )
     p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="reviewed labels (labels.yaml): its excluded pairs are rejected with reason "
+        "excluded_by_review (default: labels.yaml in the folder holding --images, if any)",
+    )
+    p.add_argument(
         "--running-mode",
         choices=("multi_processing", "multi_threading"),
         default=d.running_mode,
@@ -69,10 +78,19 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
             raise CliError(f"{label} folder does not exist: {folder}")
     if args.workers < 1 or args.shards < 1:
         raise CliError("--workers and --shards must be at least 1")
+    if args.labels is not None and not args.labels.is_file():
+        raise CliError(f"--labels {args.labels}: no such file")
+    excluded = _exclusions(args.images, args.masks, args.labels or args.images.resolve().parent)
     cfg = ConversionConfig(workers=args.workers, shards=args.shards, running_mode=args.running_mode)
     try:
         summary = run_conversion(
-            str(args.images), str(args.masks), args.output, cfg, beam_args, say=say
+            str(args.images),
+            str(args.masks),
+            args.output,
+            cfg,
+            beam_args,
+            say=say,
+            excluded=excluded,
         )
     except ConversionError as err:
         raise CliError(str(err)) from None
@@ -84,6 +102,21 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
             f"see {args.output}/{cfg.rejected_file}"
         )
     return EXIT_OK
+
+
+def _exclusions(images: Path, masks: Path, labels: Path) -> dict[str, str]:
+    """Pair id -> reason for the pairs a reviewed labels file excludes (`data.labels`);
+    `labels` is the file or the folder holding labels.yaml. Checked before anything runs."""
+    from data.labels import LabelsFileError, exclusions, labels_path, read_labels
+    from data.pairs import discover_pairs
+
+    path = labels if labels.is_file() else labels_path(labels)
+    if not path.is_file() or not images.is_dir() or not masks.is_dir():
+        return {}
+    try:
+        return exclusions(read_labels(path, {s.pair_id for s in discover_pairs(images, masks)}))
+    except LabelsFileError as err:
+        raise CliError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- fetch-data
@@ -192,6 +225,9 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         cfg.trainer()  # a bad --set fails here, before any component runs
     except ValueError as err:
         raise CliError(f"--set {err}") from None
+    excluded = _exclusions(cfg.data_dir / "img", cfg.data_dir / "mask", cfg.data_dir)
+    if excluded:
+        say(f"labels.yaml: {len(excluded)} pair(s) excluded by review: {', '.join(excluded)}")
     try:
         summary = run_pipeline(cfg)
     except FileNotFoundError as err:
@@ -282,6 +318,7 @@ VERBS: tuple[Callable, ...] = (
     add_report,
     add_serve,
     add_predict,
+    add_labels,
 )
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import quality
 import shift
 
+from components import cross_validation
 from schemas.features import MASK_NODATA
 
 T = 8
@@ -143,7 +143,7 @@ def test_results_merge_by_model_name(tmp_path) -> None:
 
 # ---------------------------------------------------------------- whole mosaics by overlap
 @pytest.fixture
-def eval_tiles() -> quality.Split:
+def eval_tiles() -> cross_validation.Split:
     """5 tiles of T x T (one 3 x 2 mosaic with an empty cell); tailings where B4 > 0.5.
 
     A placeholder georeference: only pixels are scored."""
@@ -163,7 +163,7 @@ def eval_tiles() -> quality.Split:
         )
         for k in range(5)
     ]
-    return quality.stack(pairs)
+    return cross_validation.stack(pairs)
 
 
 @dataclasses.dataclass
@@ -192,7 +192,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
     from serving.config import PredictConfig
     from serving.predict import predict_scene
 
-    [mosaic], tiles = quality.scene_plan(eval_tiles)
+    [mosaic], tiles = cross_validation.scene_plan(eval_tiles)
     assert (mosaic.rows, mosaic.cols, len(mosaic.pair_ids)) == (2, 3, 5)
     image, truth = shift.mosaic_pixels(mosaic, tiles)
     path = shift.write_mosaic(tmp_path / "mosaic.tif", image)
@@ -219,7 +219,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
 def test_predict_by_overlap_scores_the_whole_mosaics(eval_tiles, tmp_path) -> None:
     from serving.predict import window_starts
 
-    mosaics, tiles = quality.scene_plan(eval_tiles)
+    mosaics, tiles = cross_validation.scene_plan(eval_tiles)
     out = shift.predict_by_overlap(PixelModel(), mosaics, tiles, (0, 2, 4), 3, tmp_path)
     assert list(out) == ["0", "2", "4"]
     height, width = shift.mosaic_pixels(mosaics[0], tiles)[1].shape

@@ -148,3 +148,48 @@ def test_rerun_replaces_old_shards(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in shard_files(tmp_path / "out")] == [
         "examples-00000-of-00001.tfrecord.gz"
     ]
+
+
+def test_pairs_excluded_by_review_are_rejected_unread(tmp_path):
+    img, msk = tmp_path / "img", tmp_path / "mask"
+    for i, pair_id in enumerate(GOOD):
+        make_pair(img, msk, pair_id, size=(16, 16), seed=i)
+    summary = run_conversion(
+        str(img),
+        str(msk),
+        str(tmp_path / "out"),
+        ConversionConfig(shards=2),
+        excluded={"g2": "bad polygon"},
+    )
+    rows = [
+        json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()
+    ]
+    assert rows == [
+        {
+            "id": "g2",
+            "image": str(img / "img_g2.tif"),
+            "mask": str(msk / "mask_g2.tif"),
+            "reason": pairs.EXCLUDED_BY_REVIEW,
+            "detail": "excluded by review in labels.yaml: bad polygon",
+        }
+    ]
+    ids = {
+        i.decode() for i, _, _ in read_dataset(tmp_path / "out", with_ids=True).as_numpy_iterator()
+    }
+    assert ids == {"g1", "g3", "g4"}
+    assert (summary.converted, summary.rejected, summary.pairs_found) == (3, 1, 4)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["rejected_by_reason"] == {pairs.EXCLUDED_BY_REVIEW: 1}
+    assert written["converted"] == 3
+
+
+def test_an_excluded_pair_is_not_read_even_if_it_is_broken(tmp_path):
+    img, msk = tmp_path / "img", tmp_path / "mask"
+    make_pair(img, msk, "ok", size=(16, 16))
+    broken, _ = make_pair(img, msk, "broken", size=(16, 16))
+    broken.write_text("not a GeoTIFF\n")
+    summary = run_conversion(
+        str(img), str(msk), str(tmp_path / "out"), excluded={"broken": "tile is corrupt"}
+    )
+    assert summary.converted == 1
+    assert summary.rejected_by_reason == {pairs.EXCLUDED_BY_REVIEW: 1}

@@ -1,0 +1,241 @@
+"""Out-of-fold training with the Trainer's own code, fed from memory.
+
+Shared by `tailings labels review` (out-of-fold probabilities for cleanlab) and
+`benchmarks/quality.py` (how the recipe generalises): both train exactly as `run_fn` does
+(`trainer_lib.compile_model`, `batch_pairs` with the mosaic windows and augmentation,
+`fit_callbacks`, `finish_training`), but from pairs held in memory instead of Transform's
+TFRecords, so K models can be trained on K folds without K pipeline runs. Normalisation is the
+Transform's (per-band mean and std over the training part, `transform_lib.normalize`).
+
+Early stopping watches the held-out part, as `run_fn` watches the eval split: it only chooses
+when to stop (the cpu preset's patience is 12 of 40 epochs), but the held-out labels do
+take part in that choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Split:
+    """Tiles in memory: ids, reflectance, masks and (for tiles) their GeoPairs."""
+
+    ids: list[str]
+    images: np.ndarray  # [N,H,W,3] reflectance
+    masks: np.ndarray  # [N,H,W,1] float 0/1 (MASK_NODATA: no data, in scene windows)
+    pairs: list = dataclasses.field(default_factory=list)  # the GeoPairs (tiles only)
+
+
+def load_pairs(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[list, list]:
+    """The pairs under `data/img` and `data/mask` that conversion would accept (same
+    validation), and the rejected ones (`data.pairs.Rejection`; excluded pairs among them,
+    with reason `excluded_by_review`, unread)."""
+    from data.config import PairingConfig, ValidationConfig
+    from data.pairs import EXCLUDED_BY_REVIEW, GeoPair, Rejection, discover_pairs, validate
+
+    excluded = excluded or {}
+    good, rejected = [], []
+    for spec in discover_pairs(data / "img", data / "mask", PairingConfig()):
+        if spec.pair_id in excluded:
+            rejected.append(
+                Rejection(
+                    spec.pair_id,
+                    spec.image,
+                    spec.mask,
+                    EXCLUDED_BY_REVIEW,
+                    f"excluded by review: {excluded[spec.pair_id]}",
+                )
+            )
+            continue
+        pair = validate(spec, ValidationConfig())
+        (good if isinstance(pair, GeoPair) else rejected).append(pair)
+    return good, rejected
+
+
+def load_splits(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[Split, Split]:
+    """The pairs the pipeline would train and evaluate on (same validation, same split)."""
+    from data.config import SplitConfig
+    from data.convert import ShardPlan
+
+    split = SplitConfig()  # what PipelineConfig.split defaults to
+    plan = ShardPlan(shards=split.shards, splits=split.splits)
+    good, rejected = load_pairs(data, excluded)
+    for pair in rejected:
+        print(f"skipped {pair.pair_id}: {pair.reason} ({pair.detail})")
+    parts: dict[str, list] = {"train": [], "eval": []}
+    for pair in good:
+        parts[plan.key(pair.pair_id)[0]].append(pair)
+    return stack(parts["train"]), stack(parts["eval"])
+
+
+def stack(pairs: Sequence) -> Split:
+    return Split(
+        [p.pair_id for p in pairs],
+        np.stack([p.image for p in pairs]).astype(np.float32),
+        np.stack([p.mask for p in pairs])[..., None].astype(np.float32),
+        list(pairs),
+    )
+
+
+def subset(split: Split, keep: np.ndarray) -> Split:
+    return Split(
+        [i for i, k in zip(split.ids, keep, strict=True) if k],
+        split.images[keep],
+        split.masks[keep],
+        [p for p, k in zip(split.pairs, keep, strict=True) if k] if split.pairs else [],
+    )
+
+
+def scene_plan(split: Split) -> tuple[list, dict]:
+    """The mosaics ExampleGen would lay out from `split`'s tiles as the scene split
+    (`data.scenes.plan_mosaics`), and the tiles (GeoPairs) by pair id."""
+    from data.config import SceneConfig
+    from data.scenes import plan_mosaics
+
+    tiles = dict(zip(split.ids, split.pairs, strict=True))
+    return plan_mosaics(split.ids, split.images.shape[1], SceneConfig()), tiles
+
+
+def scene_windows(split: Split) -> Split:
+    """The scene construction of `split`'s tiles, as ExampleGen builds the scene split from
+    the eval pairs (`data.scenes`): mosaics of unrelated tiles cut on a shifted grid."""
+    from data.scenes import cut_windows
+
+    mosaics, tiles = scene_plan(split)
+    return stack([window for mosaic in mosaics for window in cut_windows(mosaic, tiles)])
+
+
+def fold_of(pair_id: str, folds: int) -> int:
+    """Fold by a hash of the id (not the id hash the train/eval split used): a pair keeps its
+    fold when others are added or excluded."""
+    return int.from_bytes(hashlib.sha256(f"fold:{pair_id}".encode()).digest()[:8], "big") % folds
+
+
+@dataclasses.dataclass
+class FoldResult:
+    """What one fold's model predicted: probabilities by test-time augmentation mode."""
+
+    held_out: dict[str, np.ndarray]  # mode -> [N,H,W,1]
+    seconds: float
+    epochs: int
+    scene: dict[str, np.ndarray] | None = None
+
+
+def train_and_predict(
+    train: Split,
+    held_out: Split,
+    config: Any,  # components.config.TrainerConfig
+    scene: Split | None = None,
+    callbacks: Sequence[Any] = (),
+) -> FoldResult:
+    """Train the Trainer's model on `train` (early stopping on `held_out`), predict `held_out`
+    (and the scene windows `scene`, if given). `callbacks` are extra Keras callbacks (progress)."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from components import trainer_lib
+    from components.transform_lib import normalize
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.train.seed)
+    mean = train.images.reshape(-1, 3).mean(0)
+    std = train.images.reshape(-1, 3).std(0)
+    nodata = trainer_lib.nodata_value(mean, std)
+
+    def dataset(split: Split, training: bool) -> tf.data.Dataset:
+        images = normalize(split.images, mean, std)
+        pairs = tf.data.Dataset.from_tensor_slices((images, split.masks))
+        return trainer_lib.batch_pairs(pairs, config.train, training=training, nodata_image=nodata)
+
+    model = trainer_lib.compile_model(config)
+    started = time.monotonic()
+    history = model.fit(
+        dataset(train, True),
+        validation_data=dataset(held_out, False),
+        epochs=config.train.epochs,
+        callbacks=[*trainer_lib.fit_callbacks(config.train), *callbacks],
+        verbose=0,
+    )
+    trainer_lib.finish_training(model, config.train, dataset(train, False))
+    seconds = time.monotonic() - started
+    return FoldResult(
+        held_out=predict_all(model, normalize(held_out.images, mean, std), config),
+        seconds=seconds,
+        epochs=len(history.history["loss"]),
+        scene=(
+            predict_all(model, normalize(scene.images, mean, std), config)
+            if scene is not None
+            else None
+        ),
+    )
+
+
+def predict_all(model: Any, images: np.ndarray, config: Any) -> dict[str, np.ndarray]:
+    """Probabilities under every test-time augmentation mode, from the same trained model.
+
+    Every mode's transforms are a subset of `d4`'s, so the 8 `d4` passes run once and each
+    mode averages its own subset of them (as `unet.symmetry_average` would compute it).
+    """
+    import tensorflow as tf
+
+    from components.unet import TEST_TIME_TRANSFORMS, symmetry_outputs
+
+    every = TEST_TIME_TRANSFORMS["d4"]
+    predict = tf.function(
+        lambda x: tf.stack(symmetry_outputs(model, x, every)), reduce_retracing=True
+    )
+    step = config.train.batch_size
+    # [transforms, N, H, W, 1]
+    outputs = np.concatenate(
+        [predict(tf.constant(images[i : i + step])).numpy() for i in range(0, len(images), step)],
+        axis=1,
+    )
+    return {
+        mode: outputs[[every.index(t) for t in transforms]].mean(axis=0)
+        for mode, transforms in TEST_TIME_TRANSFORMS.items()
+    }
+
+
+def epoch_progress(
+    say: Callable[[str], None],
+    label: str,
+    epochs: int,
+    remaining_after: Callable[[float], float] = lambda _fold: 0.0,
+) -> Any:
+    """A Keras callback printing `label epoch e/E, loss, val_loss, ETA` after every epoch.
+
+    The ETA counts the epochs left in this fold (at most `epochs`; early stopping may end it
+    sooner) at the mean epoch time so far, plus `remaining_after(seconds a whole fold takes at
+    this pace)` for later work.
+    """
+    import tf_keras as keras
+
+    class _Progress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None) -> None:  # noqa: ANN001
+            self._start = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None) -> None:  # noqa: ANN001
+            logs = logs or {}
+            done = epoch + 1
+            per_epoch = (time.monotonic() - self._start) / done
+            eta = per_epoch * (epochs - done) + remaining_after(per_epoch * epochs)
+            say(
+                f"{label} epoch {done}/{epochs}: loss {logs.get('loss', float('nan')):.3f}, "
+                f"val_loss {logs.get('val_loss', float('nan')):.3f}, "
+                f"{per_epoch:.0f} s/epoch, ETA {_duration(eta)}"
+            )
+
+    return _Progress()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

@@ -1,0 +1,137 @@
+"""GeoTiffExampleGen and labels.yaml: the file invalidates the cache, is checked early, and the
+pairs it excludes reach no split (the scene split included)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tfx.types import standard_artifacts
+
+from components.example_gen import (
+    EXAMPLES_KEY,
+    REJECTED_FILE,
+    REPORT_KEY,
+    SCENE_LAYOUT_FILE,
+    ConversionReport,
+    Executor,
+    GeoTiffExampleGen,
+    input_fingerprint,
+)
+from data.config import SceneConfig, SplitConfig
+from data.convert import ConversionError, ShardPlan
+from data.labels import EXCLUDE, KEEP, LABELS_FILE, LabelDecision, LabelsFileError, write_labels
+from data.pairs import EXCLUDED_BY_REVIEW
+from data.reader import read_dataset
+from tests.fixtures.geotiffs import make_pair, make_pairs
+
+
+def test_fingerprint_covers_the_labels_file_content(tmp_path):
+    make_pairs(tmp_path, 2, size=(16, 16))
+    without = input_fingerprint(str(tmp_path))
+    labels = tmp_path / LABELS_FILE
+    write_labels(labels, [LabelDecision("1", EXCLUDE, "bad polygon")])
+    with_file = input_fingerprint(str(tmp_path))
+    assert with_file != without
+    stat = labels.stat()
+    write_labels(labels, [LabelDecision("1", EXCLUDE, "bad polygon, forest")])
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # content alone must count
+    assert input_fingerprint(str(tmp_path)) not in (without, with_file)
+    write_labels(labels, [LabelDecision("1", EXCLUDE, "bad polygon")])
+    assert input_fingerprint(str(tmp_path)) == with_file
+    labels.unlink()
+    assert input_fingerprint(str(tmp_path)) == without
+
+
+def test_fingerprint_skips_a_dangling_symlink(tmp_path):
+    make_pairs(tmp_path, 2, size=(16, 16))
+    before = input_fingerprint(str(tmp_path))
+    (tmp_path / "img" / "img_3.tif").symlink_to(tmp_path / "nowhere.tif")
+    (tmp_path / "mask" / "mask_sub.tif").mkdir()
+    assert input_fingerprint(str(tmp_path)) == before
+
+
+def test_component_refuses_a_labels_file_with_an_unknown_pair(tmp_path):
+    make_pairs(tmp_path, 3, size=(16, 16))
+    write_labels(
+        tmp_path / LABELS_FILE,
+        [LabelDecision("2", KEEP, ""), LabelDecision("99", EXCLUDE, "bad polygon")],
+    )
+    with pytest.raises(LabelsFileError) as info:
+        GeoTiffExampleGen(str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / LABELS_FILE))
+    assert 'entry 2 (id "99"): unknown pair id; the data has 3 pairs' in message
+
+
+def test_component_accepts_a_valid_labels_file(tmp_path):
+    make_pairs(tmp_path, 3, size=(16, 16))
+    write_labels(tmp_path / LABELS_FILE, [LabelDecision("2", EXCLUDE, "bad polygon")])
+    component = GeoTiffExampleGen(str(tmp_path))
+    assert component.exec_properties["input_fingerprint"] == input_fingerprint(str(tmp_path))
+
+
+def _executor_inputs(root: Path, config: SplitConfig):
+    examples = standard_artifacts.Examples()
+    examples.uri = str(root / "examples")
+    report = ConversionReport()
+    report.uri = str(root / "report")
+    outputs = {EXAMPLES_KEY: [examples], REPORT_KEY: [report]}
+    properties = {
+        "input_base": str(root / "data"),
+        "splits": json.dumps([list(s) for s in config.splits]),
+        "scene": json.dumps({"seed": config.scene.seed, "tiles_per_mosaic": 4}),
+        "shards": config.shards,
+    }
+    return outputs, properties
+
+
+def _split_ids(examples_uri: Path, split: str) -> set[str]:
+    ids = set()
+    for shard in sorted((examples_uri / f"Split-{split}").glob("*.gz")):
+        ids |= {i.decode() for i, _, _ in read_dataset(shard, with_ids=True).as_numpy_iterator()}
+    return ids
+
+
+def test_executor_rejects_excluded_pairs_from_every_split(tmp_path):
+    config = SplitConfig(shards=1, scene=SceneConfig(tiles_per_mosaic=4))
+    plan = ShardPlan(shards=1, splits=config.splits)
+    data = tmp_path / "data"
+    by_split: dict[str, list[str]] = {"train": [], "eval": []}
+    n = 0
+    while len(by_split["eval"]) < 3 or len(by_split["train"]) < 3:
+        n += 1
+        make_pair(data / "img", data / "mask", str(n), size=(32, 32), seed=n)
+        by_split[plan.key(str(n))[0]].append(str(n))
+    excluded = {by_split["eval"][0], by_split["train"][0]}
+    write_labels(
+        data / LABELS_FILE,
+        [LabelDecision(i, EXCLUDE, f"bad polygon {i}") for i in sorted(excluded)]
+        + [LabelDecision(by_split["eval"][1], KEEP, "checked")],
+    )
+    outputs, properties = _executor_inputs(tmp_path, config)
+
+    Executor().Do({}, outputs, properties)
+
+    report = Path(outputs[REPORT_KEY][0].uri)
+    rows = [json.loads(line) for line in (report / REJECTED_FILE).read_text().splitlines()]
+    assert {r["id"]: r["reason"] for r in rows} == dict.fromkeys(excluded, EXCLUDED_BY_REVIEW)
+    assert {r["id"]: r["detail"] for r in rows} == {
+        i: f"excluded by review in labels.yaml: bad polygon {i}" for i in excluded
+    }
+    examples = Path(outputs[EXAMPLES_KEY][0].uri)
+    assert _split_ids(examples, "train") == set(by_split["train"]) - excluded
+    assert _split_ids(examples, "eval") == set(by_split["eval"]) - excluded
+    layout = json.loads((report / SCENE_LAYOUT_FILE).read_text())
+    in_scene = {t["pair_id"] for m in layout["mosaics"] for t in m["tiles"]}
+    assert in_scene == set(by_split["eval"]) - excluded
+    assert _split_ids(examples, "scene")  # windows were written, from the kept eval tiles only
+    assert outputs[REPORT_KEY][0].get_int_custom_property("rejected") == len(excluded)
+
+
+def test_executor_reports_a_bad_labels_file_as_a_conversion_error(tmp_path):
+    make_pairs(tmp_path / "data", 2, size=(16, 16))
+    (tmp_path / "data" / LABELS_FILE).write_text('pairs:\n  - id: "7"\n    decision: keep\n')
+    outputs, properties = _executor_inputs(tmp_path, SplitConfig())
+    with pytest.raises(ConversionError, match=r"labels\.yaml: entry 1 \(id \"7\"\): unknown"):
+        Executor().Do({}, outputs, properties)
