@@ -44,6 +44,37 @@ def score(probabilities: np.ndarray, masks: np.ndarray, threshold: float) -> dic
     }
 
 
+def draw_top(tiles, oof, config, top: int, path: Path) -> None:  # noqa: ANN001
+    """The review's `top` worst tiles, one row each, as `tailings labels review` ranks them."""
+    from matplotlib.figure import Figure
+
+    from pipeline.label_review import flag_codes, rank_tiles, score_labels, tile_strip
+
+    masks = tiles.masks[..., 0].astype(np.uint8)
+    scores = score_labels(masks, oof.probabilities)
+    codes = flag_codes(masks, scores.issues)
+    ranked = rank_tiles(tiles, oof, scores, codes, config.model.decision_threshold)[:top]
+    index = {pair_id: i for i, pair_id in enumerate(tiles.ids)}
+    figure = Figure(figsize=(8, 2.15 * len(ranked)), dpi=100)
+    for row, tile in enumerate(ranked):
+        i = index[tile.pair_id]
+        axes = figure.add_subplot(len(ranked), 1, row + 1)
+        axes.imshow(tile_strip(tiles.images[i], masks[i], oof.probabilities[i], codes[i], 160))
+        axes.set_title(
+            f"#{row + 1} img_{tile.pair_id}: score {tile.score:.3f}, labelled "
+            f"{tile.labelled_share:.0%}, predicted {tile.predicted_share:.0%}",
+            fontsize=9,
+        )
+        axes.axis("off")
+    figure.suptitle(
+        "RGB | mask | out-of-fold probability | flagged (cyan: labelled tailings, "
+        "magenta: labelled background)",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path)
+
+
 def markdown(result: dict) -> str:
     lines = [
         "# Label review: out-of-fold quality with and without the excluded masks",
@@ -84,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also draw the review's --top worst tiles (RGB | mask | out-of-fold | flags)",
+    )
+    parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args(argv)
 
     from components.cross_validation import load_pairs, stack
@@ -127,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": round(time.monotonic() - started),
         }
         say(f"{arm}: " + json.dumps(result["arms"][arm]["all"]))
+        if arm == "with" and args.figure:
+            draw_top(tiles, oof, config, args.top, args.figure)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

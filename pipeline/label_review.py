@@ -424,37 +424,46 @@ def propose_exclusions(
     return out, sum(1 for d in merged if d.pair_id not in existing)
 
 
+def tile_strip(
+    image: np.ndarray, mask: np.ndarray, probability: np.ndarray, codes: np.ndarray, size: int = 200
+) -> np.ndarray:
+    """uint8 [h, 4w, 3]: RGB | mask (gold) | out-of-fold probability (white = 1) | flags (cyan:
+    labelled tailings that looks like background, magenta: the reverse), `size` px a panel."""
+    from components.trainer_lib import to_display_rgb
+    from pipeline.reports.overlays import thumbnail
+
+    rgb = to_display_rgb(image)
+    panels = [
+        rgb,
+        _blend(rgb, mask == 1, (255, 215, 0)),
+        np.repeat(probability[..., None], 3, axis=2),
+        _blend(
+            _blend(rgb, codes == FLAGGED_LABELLED_TAILINGS, FLAG_COLOURS[1][:3]),
+            codes == FLAGGED_LABELLED_BACKGROUND,
+            FLAG_COLOURS[2][:3],
+        ),
+    ]
+    return np.concatenate(
+        [np.pad(thumbnail((np.clip(p, 0, 1) * 255).astype(np.uint8), size), _GAP) for p in panels],
+        axis=1,
+    )
+
+
 def review_html(review: Review, cfg: LabelReviewConfig, threshold: float) -> str:
     """One offline page: per tile, worst first, RGB | mask | out-of-fold prediction | flags."""
-    from components.trainer_lib import to_display_rgb
     from pipeline.reports import html
-    from pipeline.reports.overlays import png, thumbnail
+    from pipeline.reports.overlays import png
     from pipeline.reports.plots import data_uri
 
     index = {pair_id: i for i, pair_id in enumerate(review.split.ids)}
     rows = []
     for rank, tile in enumerate(review.tiles, start=1):
         i = index[tile.pair_id]
-        rgb = to_display_rgb(review.split.images[i])
-        mask = review.split.masks[i, ..., 0] == 1
-        probability = review.out_of_fold.probabilities[i]
-        codes = review.flags[i]
-        panels = [
-            rgb,
-            _blend(rgb, mask, (255, 215, 0)),
-            np.repeat(probability[..., None], 3, axis=2),
-            _blend(
-                _blend(rgb, codes == FLAGGED_LABELLED_TAILINGS, FLAG_COLOURS[1][:3]),
-                codes == FLAGGED_LABELLED_BACKGROUND,
-                FLAG_COLOURS[2][:3],
-            ),
-        ]
-        strip = np.concatenate(
-            [
-                np.pad(thumbnail((np.clip(p, 0, 1) * 255).astype(np.uint8), 200), _GAP)
-                for p in panels
-            ],
-            axis=1,
+        strip = tile_strip(
+            review.split.images[i],
+            review.split.masks[i, ..., 0],
+            review.out_of_fold.probabilities[i],
+            review.flags[i],
         )
         caption = (
             f"#{rank} {tile.pair_id}: score {tile.score:.3f}, flagged {tile.flagged_share:.1%} "
