@@ -55,7 +55,16 @@ def draw_top(tiles, oof, config, top: int, path: Path) -> None:  # noqa: ANN001
     codes = flag_codes(masks, scores.issues)
     ranked = rank_tiles(tiles, oof, scores, codes, config.model.decision_threshold)[:top]
     index = {pair_id: i for i, pair_id in enumerate(tiles.ids)}
-    figure = Figure(figsize=(8, 2.15 * len(ranked)), dpi=100)
+    figure = Figure(figsize=(8, 2.2 * len(ranked) + 0.3), dpi=100)
+    figure.text(
+        0.5,
+        1.0,
+        "RGB | mask | out-of-fold probability | flagged (cyan: labelled tailings, magenta: "
+        "labelled background)",
+        ha="center",
+        va="top",
+        fontsize=9,
+    )
     for row, tile in enumerate(ranked):
         i = index[tile.pair_id]
         axes = figure.add_subplot(len(ranked), 1, row + 1)
@@ -66,13 +75,8 @@ def draw_top(tiles, oof, config, top: int, path: Path) -> None:  # noqa: ANN001
             fontsize=9,
         )
         axes.axis("off")
-    figure.suptitle(
-        "RGB | mask | out-of-fold probability | flagged (cyan: labelled tailings, "
-        "magenta: labelled background)",
-        fontsize=9,
-    )
-    figure.tight_layout()
-    figure.savefig(path)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.2 * len(ranked) + 0.3)))
+    figure.savefig(path, **({"pil_kwargs": {"quality": 85}} if path.suffix == ".jpg" else {}))
 
 
 def markdown(result: dict) -> str:

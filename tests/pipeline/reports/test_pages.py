@@ -53,6 +53,37 @@ def run_page(pipeline_run, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def review_page(tmp_path_factory) -> Path:
+    """`tailings labels review`'s page for the planted-error tiles of its own tests."""
+    from components.cross_validation import fold_of
+    from pipeline import label_review as lr
+    from pipeline.config import LabelReviewConfig
+    from tests.pipeline.test_label_review import ideal_probabilities, synthetic_tiles
+
+    split, truth = synthetic_tiles()
+    labels = split.masks[..., 0].astype(np.uint8)
+    probabilities = ideal_probabilities(truth)
+    folds = np.array([fold_of(i, 2) for i in split.ids])
+    oof = lr.OutOfFold(probabilities, folds, [3, 4], [10.0, 12.0], [False, True], [], [])
+    scores = lr.score_labels(labels, probabilities)
+    codes = lr.flag_codes(labels, scores.issues)
+    tiles = lr.rank_tiles(split, oof, scores, codes, threshold=0.5)
+    review = lr.Review(tiles, split, oof, codes, seconds=22.0)
+    path = tmp_path_factory.mktemp("pages") / "review.html"
+    path.write_text(lr.review_html(review, LabelReviewConfig(folds=2), 0.5))
+    return path
+
+
+def test_review_page_shows_every_tile_worst_first(review_page):
+    page = review_page.read_text()
+    assert not EXTERNAL.search(page)
+    strips = re.findall(r"<figure><img src='data:image/jpeg;base64,[^']+' alt='tile (\w+)'>", page)
+    captions = re.findall(r"<figcaption>#\d+ (\w+): score", page)
+    assert len(strips) == 12 and strips == captions
+    assert set(captions[:3]) == {"3", "7", "11"}  # the planted errors first
+
+
 def metric_row(page: str, name: str) -> str:
     found = re.search(rf"<tr[^>]*><td class='text'>{name}</td>.*?</tr>", page)
     assert found, f"no row for {name}"
@@ -126,6 +157,10 @@ def assert_offline_and_visible(page: Path, chromium: str) -> None:
 def test_pages_render_in_chromium_without_network(chromium, compare_page, run_page):
     for page in (compare_page, run_page):
         assert_offline_and_visible(page, chromium)
+
+
+def test_review_page_renders_in_chromium_without_network(chromium, review_page):
+    assert_offline_and_visible(review_page, chromium)
 
 
 @pytest.mark.slow
