@@ -82,6 +82,9 @@ class GeoTiffExampleGenSpec(types.ComponentSpec):
         "splits": ExecutionParameter(type=str),  # JSON [[name, hash buckets], ...]
         "scene": ExecutionParameter(type=str),  # JSON of SceneConfig
         "shards": ExecutionParameter(type=int),
+        # The tile size the pipeline trains on; 0 accepts any (a pair of another size is
+        # rejected with reason `tile_size`, not left for Transform to fail on).
+        "tile_size": ExecutionParameter(type=int),
     }
     INPUTS: dict[str, Any] = {}
     OUTPUTS = {
@@ -100,6 +103,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         plan = ShardPlan(
             shards=int(exec_properties["shards"]), splits=splits, file_pattern=SHARD_PATTERN
         )
+        tile_size = int(exec_properties.get("tile_size") or 0)
+        validation = ValidationConfig(tile_size=tile_size or None)
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
         report = artifact_utils.get_single_instance(output_dict[REPORT_KEY])
         specs = discover_pairs(
@@ -114,7 +119,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         os.makedirs(report.uri, exist_ok=True)
         rejected_path = os.path.join(report.uri, REJECTED_FILE)
         with self._make_beam_pipeline() as p:
-            convert_pairs(p, specs, examples.uri, plan, ValidationConfig(), rejected_path, excluded)
+            convert_pairs(p, specs, examples.uri, plan, validation, rejected_path, excluded)
         summary = summarize(
             p.result,
             specs,
@@ -132,7 +137,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 f"are too few for splits {dict(splits)}; add data or change the split"
             )
         scene_cfg = SceneConfig(**json.loads(exec_properties["scene"]))
-        layout, windows = self._scene_split(specs, plan, rejected_path, examples.uri, scene_cfg)
+        layout, windows = self._scene_split(
+            specs, plan, rejected_path, examples.uri, scene_cfg, validation
+        )
         with open(os.path.join(report.uri, SCENE_LAYOUT_FILE), "w") as fh:
             json.dump(layout, fh, indent=1)
         names = [name for name, _ in splits] + [scene_cfg.name]
@@ -152,6 +159,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         rejected_path: str,
         uri: str,
         cfg: SceneConfig,
+        validation: ValidationConfig,
     ) -> tuple[dict, int]:
         """Write the `scene` split (see `data.scenes`) from the converted source-split pairs;
         return its layout and number of windows."""
@@ -174,7 +182,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             )
 
         with self._make_beam_pipeline() as p:
-            scenes.write_scene_split(p, mosaics, chosen, shard_path, ValidationConfig())
+            scenes.write_scene_split(p, mosaics, chosen, shard_path, validation)
         return scenes.layout(mosaics, size, cfg), scenes.windows_written(p.result)
 
 
@@ -188,7 +196,9 @@ class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = GeoTiffExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, input_base: str, config: SplitConfig = SplitConfig()) -> None:
+    def __init__(
+        self, input_base: str, config: SplitConfig = SplitConfig(), tile_size: int | None = None
+    ) -> None:
         input_base = os.path.abspath(input_base)
         _check_labels(input_base)
         super().__init__(
@@ -198,6 +208,7 @@ class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
                 splits=json.dumps([list(s) for s in config.splits]),
                 scene=json.dumps(dataclasses.asdict(config.scene), sort_keys=True),
                 shards=config.shards,
+                tile_size=tile_size or 0,
                 examples=types.Channel(type=standard_artifacts.Examples),
                 conversion_report=types.Channel(type=ConversionReport),
             )

@@ -25,6 +25,19 @@ class ValidationConfig:
     image_bands: int = 3
     mask_values: tuple[int, ...] = (0, 1)
     transform_tolerance: float = 1e-3
+    # Checked from the header, before any pixel is read: a few-MB file whose header claims
+    # 200000 x 200000 pixels would make the reader allocate 447 GiB. 10000 x 10000 is the
+    # schema's height/width domain (1.2 GB of float32 RGB); the study's tiles are 448 x 448.
+    max_pixels: int = 10000 * 10000
+    # The tile size the pipeline trains on (ExampleGen sets TransformConfig.tile_size); None
+    # accepts any size (`tailings convert`).
+    tile_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {self.tile_size}")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,14 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from data.config import ConversionConfig, ValidationConfig
 from data.examples import to_example
-from data.pairs import EXCLUDED_BY_REVIEW, PairSpec, Rejection, discover_pairs, validate
+from data.pairs import (
+    CONVERSION_FAILED,
+    EXCLUDED_BY_REVIEW,
+    PairSpec,
+    Rejection,
+    discover_pairs,
+    validate,
+)
 
 METRICS_NAMESPACE = "tailings.convert"
 CONVERTED = "converted"
@@ -91,6 +98,8 @@ class WriteShardFn(beam.DoFn):
     a temporary name and renamed, so a retried bundle never leaves half a shard.
 
     Pairs in `excluded` (pair id -> reason, from `labels.yaml`) are rejected without being read.
+    Anything else one pair raises (a decoder crash, memory) rejects that pair with reason
+    `conversion_failed`, never the job: the other pairs of the shard are still written.
     """
 
     def __init__(
@@ -115,6 +124,7 @@ class WriteShardFn(beam.DoFn):
         count = 0
         with atomic_tfrecord(final) as writer:
             for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
+                serialized = None
                 if spec.pair_id in self._excluded:
                     result = Rejection(
                         spec.pair_id,
@@ -124,18 +134,34 @@ class WriteShardFn(beam.DoFn):
                         f"excluded by review in labels.yaml: {self._excluded[spec.pair_id]}",
                     )
                 else:
-                    result = validate(spec, self._cfg)
+                    try:
+                        result = validate(spec, self._cfg)
+                        if not isinstance(result, Rejection):
+                            # Deterministic: map order would otherwise differ between processes.
+                            serialized = to_example(result).SerializeToString(deterministic=True)
+                    except Exception as err:  # noqa: BLE001 - one pair must never fail the job
+                        result = Rejection(
+                            spec.pair_id,
+                            spec.image,
+                            spec.mask,
+                            CONVERSION_FAILED,
+                            f"{type(err).__name__}: {_first_line(err)}",
+                        )
                 if isinstance(result, Rejection):
                     self._rejected.inc()
                     Metrics.counter(METRICS_NAMESPACE, f"{REJECTED}.{result.reason}").inc()
                     yield beam.pvalue.TaggedOutput(REJECTED, result.to_dict())
                     continue
-                # Deterministic: map order would otherwise differ between processes.
-                writer.write(to_example(result).SerializeToString(deterministic=True))
+                writer.write(serialized)
                 self._converted.inc()
                 Metrics.counter(METRICS_NAMESPACE, f"{CONVERTED}.{key[0]}").inc()
                 count += 1
         yield {"split": key[0], "path": final, "examples": count}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class ConvertPairs(beam.PTransform):

@@ -30,6 +30,10 @@ MISSING_CRS = "missing_crs"
 CRS_MISMATCH = "crs_mismatch"
 TRANSFORM_MISMATCH = "transform_mismatch"
 NON_FINITE_PIXELS = "non_finite_pixels"
+BROKEN_LINK = "broken_link"  # a symbolic link that resolves to nothing (dangling, or a loop)
+TOO_LARGE = "too_large"  # the header claims more pixels than ValidationConfig.max_pixels
+TILE_SIZE = "tile_size"  # not the tile size the pipeline trains on
+CONVERSION_FAILED = "conversion_failed"  # anything else one pair raised while converting
 # Not a file problem: a person excluded the pair in labels.yaml (see `data.labels`).
 EXCLUDED_BY_REVIEW = "excluded_by_review"
 
@@ -94,10 +98,13 @@ def _pair_key(path: Path, prefix: str) -> str:
 
 def _list_rasters(folder: Path, cfg: PairingConfig) -> list[Path]:
     # Hidden files (macOS `._img_1.tif` resource forks, editors' temp files) are not rasters.
+    # A broken symbolic link is listed too, so it becomes a rejected pair with its reason.
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in cfg.extensions
+        if (p.is_file() or p.is_symlink())
+        and not p.name.startswith(".")
+        and p.suffix.lower() in cfg.extensions
     )
 
 
@@ -152,6 +159,33 @@ def _read(path: str, unreadable: str):
         raise PairError(unreadable, f"{path}: {message}") from None
 
 
+def _check_header(path: str, unreadable: str, cfg: ValidationConfig) -> tuple[int, int]:
+    """What a raster's header says, checked before its pixels are read: a link that resolves,
+    a size that fits in memory. Returns (height, width)."""
+    import os
+
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    if os.path.islink(path) and not os.path.exists(path):
+        raise PairError(
+            BROKEN_LINK, f"{path}: symbolic link to {os.readlink(path)!r} resolves to nothing"
+        )
+    try:
+        with rasterio.open(path) as src:
+            height, width, count = src.height, src.width, src.count
+    except (RasterioError, OSError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PairError(unreadable, f"{path}: {message}") from None
+    if height * width > cfg.max_pixels:
+        raise PairError(
+            TOO_LARGE,
+            f"{path}: header claims {width}x{height} (WxH) x {count} bands, more than "
+            f"{cfg.max_pixels} pixels a band; not read",
+        )
+    return height, width
+
+
 def _transforms_match(a, b, tolerance: float) -> bool:
     scale = max(abs(a.a), abs(a.e), abs(a.b), abs(a.d), 1e-12)
     return all(
@@ -171,6 +205,14 @@ def load_pair(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> Geo
     if spec.image is None:
         raise PairError(MISSING_IMAGE, f"{spec.mask}: no image file with id {spec.pair_id!r}")
 
+    size = _check_header(spec.image, UNREADABLE_IMAGE, cfg)
+    _check_header(spec.mask, UNREADABLE_MASK, cfg)
+    if cfg.tile_size is not None and size != (cfg.tile_size, cfg.tile_size):
+        raise PairError(
+            TILE_SIZE,
+            f"{spec.image}: {size[1]}x{size[0]} (WxH) pixels; the pipeline trains on "
+            f"{cfg.tile_size}x{cfg.tile_size} tiles (TransformConfig.tile_size)",
+        )
     image, image_profile, image_crs, image_tf, descriptions = _read(spec.image, UNREADABLE_IMAGE)
     mask, _, mask_crs, mask_tf, _ = _read(spec.mask, UNREADABLE_MASK)
 

@@ -86,9 +86,9 @@ def eval_config(cfg: PipelineConfig, gate: bool = True) -> tfma.EvalConfig:
 
 
 def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
-    example_gen = GeoTiffExampleGen(input_base=str(cfg.data_dir), config=cfg.split).with_id(
-        nodes.EXAMPLE_GEN
-    )
+    example_gen = GeoTiffExampleGen(
+        input_base=str(cfg.data_dir), config=cfg.split, tile_size=cfg.transform.tile_size
+    ).with_id(nodes.EXAMPLE_GEN)
     schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE).with_id(nodes.SCHEMA_GEN)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs[nodes.EXAMPLES], schema=schema_gen.outputs["schema"]

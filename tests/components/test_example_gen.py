@@ -21,7 +21,7 @@ from components.example_gen import (
 from data.config import SceneConfig, SplitConfig
 from data.convert import ConversionError, ShardPlan
 from data.labels import EXCLUDE, KEEP, LABELS_FILE, LabelDecision, LabelsFileError, write_labels
-from data.pairs import EXCLUDED_BY_REVIEW
+from data.pairs import EXCLUDED_BY_REVIEW, TILE_SIZE
 from data.reader import read_dataset
 from tests.fixtures.geotiffs import make_pair, make_pairs
 
@@ -135,3 +135,34 @@ def test_executor_reports_a_bad_labels_file_as_a_conversion_error(tmp_path):
     outputs, properties = _executor_inputs(tmp_path, SplitConfig())
     with pytest.raises(ConversionError, match=r"labels\.yaml: entry 1 \(id \"7\"\): unknown"):
         Executor().Do({}, outputs, properties)
+
+
+def test_executor_rejects_pairs_of_another_tile_size(tmp_path):
+    """A 16 x 16 pair among 32 x 32 ones is rejected in ExampleGen (reason tile_size, both
+    sizes named), so Transform never sees it; with no tile size set it would be converted."""
+    config = SplitConfig(shards=1, scene=SceneConfig(tiles_per_mosaic=4))
+    data = tmp_path / "data"
+    make_pairs(data, 8, size=(32, 32))
+    make_pair(data / "img", data / "mask", "odd", size=(16, 16), seed=99)
+    outputs, properties = _executor_inputs(tmp_path, config)
+    properties["tile_size"] = 32
+
+    Executor().Do({}, outputs, properties)
+
+    report = Path(outputs[REPORT_KEY][0].uri)
+    rows = [json.loads(line) for line in (report / REJECTED_FILE).read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rows] == [("odd", TILE_SIZE)]
+    assert "16x16 (WxH)" in rows[0]["detail"] and "32x32" in rows[0]["detail"]
+    examples = Path(outputs[EXAMPLES_KEY][0].uri)
+    kept = _split_ids(examples, "train") | _split_ids(examples, "eval")
+    assert kept == {str(i) for i in range(1, 9)}
+
+
+def test_the_pipeline_gives_example_gen_its_tile_size(tmp_path):
+    from pipeline.pipeline import create_pipeline
+    from tests.fixtures.pipeline import TILE, tiny_config
+
+    make_pairs(tmp_path / "data", 2, size=(TILE, TILE))
+    pipeline = create_pipeline(tiny_config(tmp_path, tmp_path / "data"))
+    [example_gen] = [c for c in pipeline.components if isinstance(c, GeoTiffExampleGen)]
+    assert example_gen.exec_properties["tile_size"] == TILE

@@ -193,3 +193,32 @@ def test_an_excluded_pair_is_not_read_even_if_it_is_broken(tmp_path):
     )
     assert summary.converted == 1
     assert summary.rejected_by_reason == {pairs.EXCLUDED_BY_REVIEW: 1}
+
+
+def test_a_pair_that_raises_inside_the_dofn_is_rejected_and_the_rest_written(tmp_path, monkeypatch):
+    """Anything one pair raises (here the encoder) rejects that pair, never the job."""
+    from data import convert
+
+    img, msk = tmp_path / "img", tmp_path / "mask"
+    for i, pair_id in enumerate(GOOD):
+        make_pair(img, msk, pair_id, size=(16, 16), seed=i)
+    real = convert.to_example
+
+    def explode_on_g3(pair):
+        if pair.pair_id == "g3":
+            raise MemoryError("Unable to allocate 447. GiB for an array")
+        return real(pair)
+
+    monkeypatch.setattr(convert, "to_example", explode_on_g3)
+    summary = run_conversion(str(img), str(msk), str(tmp_path / "out"), ConversionConfig(shards=1))
+    rows = [
+        json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()
+    ]
+    assert [(r["id"], r["reason"]) for r in rows] == [("g3", pairs.CONVERSION_FAILED)]
+    assert rows[0]["detail"] == "MemoryError: Unable to allocate 447. GiB for an array"
+    ids = {
+        i.decode() for i, _, _ in read_dataset(tmp_path / "out", with_ids=True).as_numpy_iterator()
+    }
+    assert ids == {"g1", "g2", "g4"}  # the shard that held g3 was still written
+    assert (summary.converted, summary.rejected) == (3, 1)
+    assert not list((tmp_path / "out").glob("*.tmp-*"))

@@ -74,3 +74,74 @@ def test_hidden_files_are_not_candidate_rasters(tmp_path):
     make_pair(img, msk, "1")
     (img / "._img_1.tif").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     assert [s.pair_id for s in pairs.discover_pairs(img, msk)] == ["1"]
+
+
+def _huge_image(path, width: int = 200_000, height: int = 200_000):
+    """A GeoTIFF whose header claims width x height float32 RGB pixels; a few MB on disk
+    (sparse: no block is written)."""
+    import rasterio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=from_origin(-43.9, -19.9, PIXEL_DEGREES, PIXEL_DEGREES),
+        tiled=True,
+        compress="deflate",
+        sparse_ok=True,
+    ):
+        pass
+    return path
+
+
+def test_a_header_claiming_too_many_pixels_is_rejected_unread(tmp_path, monkeypatch):
+    img, msk = tmp_path / "img", tmp_path / "mask"
+    _, mask_path = make_pair(img, msk, "1", size=(32, 32))
+    image_path = _huge_image(img / "img_1.tif")
+    read = []
+    monkeypatch.setattr(pairs, "_read", lambda *args: read.append(args))  # records any read
+    result = pairs.validate(pairs.PairSpec("1", str(image_path), str(mask_path)))
+    assert isinstance(result, pairs.Rejection) and result.reason == pairs.TOO_LARGE
+    assert "200000x200000" in result.detail and str(image_path) in result.detail
+    assert read == []  # no pixel was read
+    # With a limit above its size the same header passes the check: it is the size, not the file.
+    roomy = pairs.ValidationConfig(max_pixels=200_000 * 200_000)
+    assert pairs._check_header(str(image_path), pairs.UNREADABLE_IMAGE, roomy) == (200_000, 200_000)
+
+
+def test_a_pair_of_another_tile_size_is_rejected_with_both_sizes(tmp_path):
+    image_path, mask_path = make_pair(tmp_path / "i", tmp_path / "m", "1", size=(32, 48))
+    spec = pairs.PairSpec("1", str(image_path), str(mask_path))
+    result = pairs.validate(spec, pairs.ValidationConfig(tile_size=64))
+    assert isinstance(result, pairs.Rejection) and result.reason == pairs.TILE_SIZE
+    assert "48x32 (WxH)" in result.detail and "64x64" in result.detail
+    assert isinstance(pairs.validate(spec, pairs.ValidationConfig(tile_size=None)), pairs.GeoPair)
+    square = make_pair(tmp_path / "i", tmp_path / "m", "2", size=(64, 64))
+    ok = pairs.validate(
+        pairs.PairSpec("2", *map(str, square)), pairs.ValidationConfig(tile_size=64)
+    )
+    assert isinstance(ok, pairs.GeoPair)
+
+
+def test_dangling_and_looping_symlinks_are_rejected_pairs(tmp_path):
+    img, msk = tmp_path / "img", tmp_path / "mask"
+    make_pair(img, msk, "1")
+    make_pair(img, msk, "2")
+    make_pair(img, msk, "3")
+    (img / "img_2.tif").unlink()
+    (img / "img_2.tif").symlink_to(tmp_path / "gone.tif")  # dangling
+    (img / "img_3.tif").unlink()
+    (img / "img_3.tif").symlink_to(img / "img_3.tif")  # a loop
+    specs = {s.pair_id: s for s in pairs.discover_pairs(img, msk)}
+    assert sorted(specs) == ["1", "2", "3"]  # listed, not silently skipped
+    assert isinstance(pairs.validate(specs["1"]), pairs.GeoPair)
+    for pair_id in ("2", "3"):
+        result = pairs.validate(specs[pair_id])
+        assert isinstance(result, pairs.Rejection) and result.reason == pairs.BROKEN_LINK
+        assert f"img_{pair_id}.tif" in result.detail and "resolves to nothing" in result.detail
