@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -210,8 +213,9 @@ class TrainConfig:
             raise ValueError(f"mosaic must be one of {MOSAIC_MODES}, got {self.mosaic!r}")
         if not 0.0 <= self.mosaic_empty < 1.0:
             raise ValueError(f"mosaic_empty must be in [0, 1), got {self.mosaic_empty}")
-        if self.crop_size is not None and self.crop_size < 1:
-            raise ValueError(f"crop_size must be >= 1 or None, got {self.crop_size}")
+        for name in ("crop_size", "steps_per_epoch", "validation_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.max_figures < 0:
             raise ValueError(f"max_figures must be >= 0, got {self.max_figures}")
 
@@ -225,7 +229,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TransformConfig:
-    """What the Transform decodes to; the training set is one tile size (schema-enforced)."""
+    """What the Transform decodes to; the training set is one tile size (ExampleGen rejects a
+    pair of another size: reason `tile_size`)."""
 
     tile_size: int = 448  # image side length in pixels
     variance_epsilon: float = 1e-6  # keeps the std finite for a constant band
@@ -354,12 +359,79 @@ def with_overrides(config: TrainerConfig, assignments: Sequence[str]) -> Trainer
         except json.JSONDecodeError:
             value = text
         try:
+            value = _typed(value, typing.get_type_hints(type(section))[name])
+        except ValueError as err:
+            raise ValueError(f"{assignment!r}: {name} {err}") from None
+        try:
             config = dataclasses.replace(
                 config, **{part: dataclasses.replace(section, **{name: value})}
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{assignment!r}: {err}") from None
     return config
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """`value` (parsed from JSON) as the field's declared type; ValueError("must be ...").
+
+    Written by hand because dataclasses do not check types: `batch_size=2.5`, `epochs=true`
+    or `learning_rate=NaN` would be stored as given, and `batch_norm="False"` is a non-empty
+    string, so it would count as true and the option would silently stay on.
+    """
+    if not _fits(value, hint):
+        raise ValueError(f"must be {_describe(hint)}, got {value!r}")
+    if typing.get_origin(hint) is tuple:
+        return tuple(value)
+    if hint is float or (hint is not int and isinstance(value, int) and float in _members(hint)):
+        return float(value) if not isinstance(value, bool) else value
+    return value
+
+
+def _members(hint: Any) -> tuple:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return f"a list like [8, 8] of: {_describe(args[0])}"
+    return {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a finite number",
+        str: "text",
+    }.get(hint, str(hint))
 
 
 _T = TypeVar("_T")

@@ -52,6 +52,19 @@ class Thresholds:
     facility_min_overlap: float = 0.1
 
     def __post_init__(self) -> None:
+        import math
+
+        # Named as the flags of `tailings run` that set them.
+        for name, low in (
+            ("min_pixel_accuracy", 0.0),
+            ("min_accuracy_gain", -1.0),
+            ("min_facility_recall", 0.0),
+            ("min_iou", 0.0),
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= 1):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a number in [{low:g}, 1], got {value}")
         for name, drop in self.max_drop:
             if drop < 0:
                 raise ValueError(f"max_drop for {name} must be >= 0, got {drop}")

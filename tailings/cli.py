@@ -200,11 +200,23 @@ def _add_run(sub) -> None:
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.config import PipelineConfig, Thresholds
-    from pipeline.runner import run_pipeline
     from serving.config import MODEL_NAME_RE
 
     if not MODEL_NAME_RE.fullmatch(args.model_name):
         raise CliError(f"--model-name {args.model_name!r}: use letters, digits, '_', '.', '-'")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.epochs is not None and args.epochs < 1:
+        raise CliError(f"--epochs must be at least 1, got {args.epochs}")
+    try:
+        thresholds = Thresholds(
+            min_pixel_accuracy=args.min_pixel_accuracy,
+            min_accuracy_gain=args.min_accuracy_gain,
+            min_facility_recall=args.min_facility_recall,
+            min_iou=args.min_iou,
+        )
+    except ValueError as err:
+        raise CliError(str(err)) from None
     cfg = PipelineConfig(
         data_dir=args.data,
         output_dir=args.output_dir,
@@ -214,12 +226,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         epochs=args.epochs,
         overrides=tuple(args.overrides),
         workers=args.workers,
-        thresholds=Thresholds(
-            min_pixel_accuracy=args.min_pixel_accuracy,
-            min_accuracy_gain=args.min_accuracy_gain,
-            min_facility_recall=args.min_facility_recall,
-            min_iou=args.min_iou,
-        ),
+        thresholds=thresholds,
     )
     try:
         cfg.trainer()  # a bad --set fails here, before any component runs
@@ -228,6 +235,8 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     excluded = _exclusions(cfg.data_dir / "img", cfg.data_dir / "mask", cfg.data_dir)
     if excluded:
         say(f"labels.yaml: {len(excluded)} pair(s) excluded by review: {', '.join(excluded)}")
+    from pipeline.runner import run_pipeline  # TFX and TensorFlow: only once the input is fine
+
     try:
         summary = run_pipeline(cfg)
     except FileNotFoundError as err:

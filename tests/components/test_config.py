@@ -125,6 +125,11 @@ def test_overrides_change_one_field_each_in_order() -> None:
     assert changed.model.decoder_widths == (8, 8, 8, 8)
     assert changed.train.epochs == base.train.epochs  # untouched fields keep the preset's
     assert with_overrides(base, []) == base
+    typed = with_overrides(
+        base, ["model.batch_norm=false", "train.learning_rate=1", "model.dropout=0"]
+    )
+    assert typed.model.batch_norm is False
+    assert typed.train.learning_rate == 1.0 and isinstance(typed.train.learning_rate, float)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +140,18 @@ def test_overrides_change_one_field_each_in_order() -> None:
         ("train.epoch=3", "no field 'epoch'"),
         ("train.epochs=0", "epochs must be >= 1"),
         ("train.crop_size=100", "multiple of 64"),
+        # Values must have the field's type (dataclasses do not check): issue 20, item 5.
+        ("train.batch_size=2.5", "batch_size must be a whole number, got 2.5"),
+        ("train.epochs=true", "epochs must be a whole number, got True"),
+        ("train.learning_rate=NaN", "learning_rate must be a finite number, got nan"),
+        ("train.learning_rate=fast", "learning_rate must be a finite number, got 'fast'"),
+        ("train.steps_per_epoch=0", "steps_per_epoch must be >= 1 or None"),
+        ("model.batch_norm=False", "batch_norm must be true or false, got 'False'"),
+        ("train.cache=False", "cache must be true or false"),
+        ("model.pretrained=no", "pretrained must be true or false, got 'no'"),
+        ("train.mosaic=tiles", "mosaic must be one of none, grid, random"),
+        ("model.decoder_widths=[8, 8.5]", "decoder_widths must be a list like .* of: a whole"),
+        ("train.ema_momentum=high", "ema_momentum must be a finite number or null, got 'high'"),
     ],
 )
 def test_bad_overrides_name_the_assignment(assignment: str, says: str) -> None:

@@ -98,3 +98,25 @@ def test_run_refuses_a_bad_set_before_running(tmp_path, change, says):
     assert out.returncode == 1
     assert says in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--min-iou", "2"], "--min-iou must be a number in [0, 1], got 2.0"),
+        (["--min-iou", "nan"], "--min-iou must be a number in [0, 1], got nan"),
+        (["--min-pixel-accuracy", "-5"], "--min-pixel-accuracy must be a number in [0, 1]"),
+        (["--min-accuracy-gain", "1.5"], "--min-accuracy-gain must be a number in [-1, 1]"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--workers", "-1"], "--workers must be at least 1, got -1"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--set", "model.batch_norm=False"], "batch_norm must be true or false, got 'False'"),
+    ],
+)
+def test_run_refuses_bad_flags_naming_the_flag(tmp_path, flags, says):
+    """Issue 20, item 5: each refused with one line naming what the user typed."""
+    out = tailings("run", "--data", str(tmp_path), "--output-dir", str(tmp_path / "out"), *flags)
+    assert out.returncode == 1, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and says in lines[0], out.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
