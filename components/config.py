@@ -382,8 +382,8 @@ def _typed(value: Any, hint: Any) -> Any:
         raise ValueError(f"must be {_describe(hint)}, got {value!r}")
     if typing.get_origin(hint) is tuple:
         return tuple(value)
-    if hint is float or (hint is not int and isinstance(value, int) and float in _members(hint)):
-        return float(value) if not isinstance(value, bool) else value
+    if float in _members(hint) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # `learning_rate=1` is the float 1.0, as the default's type
     return value
 
 

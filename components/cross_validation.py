@@ -39,21 +39,13 @@ def load_pairs(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[l
     validation), and the rejected ones (`data.pairs.Rejection`; excluded pairs among them,
     with reason `excluded_by_review`, unread)."""
     from data.config import PairingConfig, ValidationConfig
-    from data.pairs import EXCLUDED_BY_REVIEW, GeoPair, Rejection, discover_pairs, validate
+    from data.pairs import GeoPair, discover_pairs, excluded_by_review, validate
 
     excluded = excluded or {}
     good, rejected = [], []
     for spec in discover_pairs(data / "img", data / "mask", PairingConfig()):
         if spec.pair_id in excluded:
-            rejected.append(
-                Rejection(
-                    spec.pair_id,
-                    spec.image,
-                    spec.mask,
-                    EXCLUDED_BY_REVIEW,
-                    f"excluded by review: {excluded[spec.pair_id]}",
-                )
-            )
+            rejected.append(excluded_by_review(spec, excluded[spec.pair_id]))
             continue
         pair = validate(spec, ValidationConfig())
         (good if isinstance(pair, GeoPair) else rejected).append(pair)

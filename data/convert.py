@@ -28,10 +28,10 @@ from data.config import ConversionConfig, ValidationConfig
 from data.examples import to_example
 from data.pairs import (
     CONVERSION_FAILED,
-    EXCLUDED_BY_REVIEW,
     PairSpec,
     Rejection,
     discover_pairs,
+    excluded_by_review,
     validate,
 )
 
@@ -126,13 +126,7 @@ class WriteShardFn(beam.DoFn):
             for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
                 serialized = None
                 if spec.pair_id in self._excluded:
-                    result = Rejection(
-                        spec.pair_id,
-                        spec.image,
-                        spec.mask,
-                        EXCLUDED_BY_REVIEW,
-                        f"excluded by review in labels.yaml: {self._excluded[spec.pair_id]}",
-                    )
+                    result = excluded_by_review(spec, self._excluded[spec.pair_id])
                 else:
                     try:
                         result = validate(spec, self._cfg)

@@ -268,6 +268,17 @@ def load_pair(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> Geo
     )
 
 
+def excluded_by_review(spec: PairSpec, reason: str) -> Rejection:
+    """The rejection of a pair a person excluded in labels.yaml (`data.labels`); not read."""
+    return Rejection(
+        spec.pair_id,
+        spec.image,
+        spec.mask,
+        EXCLUDED_BY_REVIEW,
+        f"excluded by review in labels.yaml: {reason}",
+    )
+
+
 def validate(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> GeoPair | Rejection:
     """`load_pair`, with failures returned as a `Rejection` value."""
     try:

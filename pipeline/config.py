@@ -80,6 +80,18 @@ class Thresholds:
         }
 
 
+def _changed_preset(
+    override: TrainerConfig | None, name: str, overrides: tuple[str, ...], epochs: int | None
+) -> TrainerConfig:
+    """A preset (or a test's own config) with `--set` changes and `--epochs` applied."""
+    import dataclasses
+
+    base = with_overrides(override or preset(name), overrides)
+    if epochs is not None:
+        base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=epochs))
+    return base
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     data_dir: Path = Path("data/brazil-tailings")
@@ -112,13 +124,7 @@ class PipelineConfig:
         """The preset with the run's changes; raises ValueError if the tiles cannot pass
         through the network, so `tailings run` refuses it before any component runs (the
         Trainer would find out only after ExampleGen, StatisticsGen and Transform)."""
-        import dataclasses
-
-        base = with_overrides(self.trainer_override or preset(self.preset), self.overrides)
-        if self.epochs is not None:
-            base = dataclasses.replace(
-                base, train=dataclasses.replace(base.train, epochs=self.epochs)
-            )
+        base = _changed_preset(self.trainer_override, self.preset, self.overrides, self.epochs)
         base.check_tile_size(self.transform.tile_size)
         return base
 
@@ -158,11 +164,4 @@ class LabelReviewConfig:
 
     def trainer(self) -> TrainerConfig:
         """The preset with the review's changes (raises ValueError on a bad --set)."""
-        import dataclasses
-
-        base = with_overrides(self.trainer_override or preset(self.preset), self.overrides)
-        if self.epochs is not None:
-            base = dataclasses.replace(
-                base, train=dataclasses.replace(base.train, epochs=self.epochs)
-            )
-        return base
+        return _changed_preset(self.trainer_override, self.preset, self.overrides, self.epochs)

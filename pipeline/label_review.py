@@ -296,14 +296,14 @@ def score_labels(masks: np.ndarray, probabilities: np.ndarray, downsample: int =
     labels = masks.astype(np.int64)
     p = np.clip(probabilities.astype(np.float32), 1e-6, 1 - 1e-6)
     pred_probs = np.stack([1.0 - p, p], axis=1)
-    scores, _ = get_label_quality_scores(
-        labels, pred_probs, method=SCORE_METHOD, downsample=downsample, n_jobs=1, verbose=False
-    )
-    softmin, _ = get_label_quality_scores(labels, pred_probs, method="softmin", verbose=False)
     issues = find_label_issues(labels, pred_probs, downsample=downsample, n_jobs=1, verbose=False)
-    return LabelScores(
-        np.asarray(scores, np.float64), np.asarray(softmin, np.float64), np.asarray(issues, bool)
-    )
+    issues = np.asarray(issues, bool)
+    # SCORE_METHOD, "num_pixel_issues", is cleanlab's `1 - mean(find_label_issues(...))` per
+    # image (cleanlab/segmentation/rank.py); taken from the issues above instead of asking
+    # get_label_quality_scores, which would run find_label_issues a second time (15 s).
+    score = 1.0 - issues.mean(axis=(1, 2))
+    softmin, _ = get_label_quality_scores(labels, pred_probs, method="softmin", verbose=False)
+    return LabelScores(score.astype(np.float64), np.asarray(softmin, np.float64), issues)
 
 
 def flag_codes(masks: np.ndarray, issues: np.ndarray) -> np.ndarray:
@@ -452,14 +452,15 @@ def tile_strip(
 def jpeg_uri(image: np.ndarray, quality: int = 85) -> str:
     """A uint8 RGB image as a JPEG `data:` URI. The strips are photographs: as PNG the page for
     the 90 study tiles was 11.4 MB, as JPEG it is a few MB."""
-    import base64
     import io
 
     from PIL import Image
 
+    from pipeline.reports.plots import data_uri
+
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_uri(buffer.getvalue(), "image/jpeg")
 
 
 def review_html(review: Review, cfg: LabelReviewConfig, threshold: float) -> str:

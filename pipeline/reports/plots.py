@@ -35,9 +35,9 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def data_uri(png: bytes) -> str:
-    """A PNG as a `data:` URI: the page stays one file and loads nothing."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(image: bytes, mime: str = "image/png") -> str:
+    """An encoded image as a `data:` URI: the page stays one file and loads nothing."""
+    return f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
 
 
 def histogram_png(title: str, series: list[Series], rc: ReportConfig = DEFAULTS) -> bytes:
