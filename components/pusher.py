@@ -5,15 +5,23 @@ polls that folder and may load a half-copied version. This executor copies into 
 temporary folder on the same filesystem and renames it into place (rename is atomic), numbers
 versions 1, 2, 3 ... after the highest one present, and skips the copy when the newest version
 already holds the same model bytes, so a re-run on unchanged data never pushes a duplicate.
+
+A push killed mid-copy leaves its hidden temporary folder behind; each push first removes such
+leftovers (`remove_stale_temps`), never a temporary folder another live push is still filling.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
+from dataclasses import dataclass
 
 from tfx.components.pusher import component as tfx_pusher
 from tfx.components.pusher import executor as tfx_pusher_executor
@@ -23,9 +31,19 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components.warmup import write_warmup
+from data.lock import process_is_alive, process_start_ticks
 
 PUSH_RECORD = os.path.join("assets.extra", "tailings_push.json")
 REUSED_KEY = "reused_version"
+
+TEMP_PREFIX = ".tmp-"
+# Temporary folders of Pushers before owners were recorded: `.tmp-<uuid4 hex>`.
+LEGACY_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}")
+# How long a legacy temporary folder must have gone without a write before it counts as stale.
+LEGACY_TEMP_MAX_IDLE_S = 3600.0
+
+
+log = logging.getLogger(__name__)
 
 
 def model_fingerprint(model_dir: str) -> str:
@@ -52,8 +70,108 @@ def numeric_versions(base_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(base_dir) if n.isdigit())
 
 
+# --------------------------------------------------------------------------- temporary folders
+@dataclass(frozen=True)
+class TempOwner:
+    """The push that made a temporary folder: host, pid and that process's start time."""
+
+    host: str
+    pid: int
+    start_ticks: int
+
+
+def _hostname() -> str:
+    # A hostname cannot hold "/" in practice, but the name ends up in a path: make sure.
+    return socket.gethostname().replace(os.sep, "_") or "localhost"
+
+
+def temp_name(pid: int | None = None) -> str:
+    """`.tmp-<host>-<pid>-<start ticks>-<random>`: a fresh temporary folder name for a push by
+    process `pid` (default: this one). The random part keeps two pushes of one process apart."""
+    pid = os.getpid() if pid is None else pid
+    ticks = process_start_ticks(pid)
+    if ticks is None:
+        raise ValueError(f"no running process {pid}")
+    return f"{TEMP_PREFIX}{_hostname()}-{pid}-{ticks}-{uuid.uuid4().hex[:8]}"
+
+
+def temp_owner(name: str) -> TempOwner | None:
+    """Who made temporary folder `name` (from `temp_name`), or None if it does not say."""
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    parts = name[len(TEMP_PREFIX) :].rsplit("-", 3)  # the hostname itself may contain "-"
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:3]) or not parts[0]:
+        return None
+    return TempOwner(host=parts[0], pid=int(parts[1]), start_ticks=int(parts[2]))
+
+
+def _newest_write(path: str) -> float:
+    """The latest mtime of a folder and everything in it (a copy in progress keeps it fresh)."""
+    newest = os.lstat(path).st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+    return newest
+
+
+def remove_stale_temps(base_dir: str, now: float | None = None) -> list[str]:
+    """Remove the temporary folders in `base_dir` that no live push will finish; returns them.
+
+    - `.tmp-<host>-<pid>-<start>-<random>` made on this host: stale when that process is gone
+      or its pid now belongs to another process (different start time). A live pusher's folder
+      is never touched, so two Pushers racing on one model folder do not break each other.
+    - the same made on another host (a model folder on shared storage): kept; its process
+      cannot be checked from here (that host's next push removes it). Containers that share a
+      model folder must not share a hostname too, or each would judge the other's pids.
+    - `.tmp-<32 hex>`, written by Pushers before owners were recorded: stale when nothing in it
+      was written for `LEGACY_TEMP_MAX_IDLE_S` (an hour). Such a folder can only still be live
+      if an older tailings is pushing right now, and a copy writes file after file: an hour
+      without a write means its writer is gone, while a few minutes could be a slow copy.
+    - anything else (other names, files): not ours, kept.
+    Each removal is logged as a warning: a stale folder means an earlier push was killed.
+    """
+    if not os.path.isdir(base_dir):
+        return []
+    now = time.time() if now is None else now
+    host = _hostname()
+    removed = []
+    for name in sorted(os.listdir(base_dir)):
+        path = os.path.join(base_dir, name)
+        if not name.startswith(TEMP_PREFIX) or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        owner = temp_owner(name)
+        if owner is not None:
+            if owner.host != host or process_is_alive(owner.pid, owner.start_ticks):
+                continue
+            why = f"left by process {owner.pid}, which is no longer running"
+        elif LEGACY_TEMP.fullmatch(name):
+            try:
+                idle = now - _newest_write(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if idle < LEGACY_TEMP_MAX_IDLE_S:
+                continue
+            why = f"an unfinished push by an older Pusher, untouched for {idle / 3600:.1f} h"
+        else:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.exists(path):
+            log.warning("could not remove stale push folder %s (%s)", path, why)
+        else:
+            log.warning("removed stale push folder %s (%s)", path, why)
+            removed.append(path)
+    return removed
+
+
 def push_atomically(model_dir: str, base_dir: str, record: dict) -> tuple[int, bool]:
-    """Copy `model_dir` to `base_dir/<next version>`; returns (version, copied)."""
+    """Copy `model_dir` to `base_dir/<next version>`; returns (version, copied).
+
+    Stale temporary folders of killed pushes are removed first (`remove_stale_temps`).
+    """
+    remove_stale_temps(base_dir)
     fingerprint = model_fingerprint(model_dir)
     versions = numeric_versions(base_dir)
     if versions:
@@ -64,7 +182,7 @@ def push_atomically(model_dir: str, base_dir: str, record: dict) -> tuple[int, b
                     return versions[-1], False
     os.makedirs(base_dir, exist_ok=True)
     version = (versions[-1] + 1) if versions else 1
-    temp = os.path.join(base_dir, f".tmp-{uuid.uuid4().hex}")
+    temp = os.path.join(base_dir, temp_name())
     try:
         shutil.copytree(model_dir, temp)
         os.makedirs(os.path.join(temp, "assets.extra"), exist_ok=True)
@@ -85,15 +203,17 @@ class Executor(tfx_pusher_executor.Executor):
         model_push = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.PUSHED_MODEL_KEY]
         )
-        if not self.CheckBlessing(input_dict):
-            self._MarkNotPushed(model_push)
-            return
-        model_path = self.GetModelPath(input_dict)
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination
         )
         base_dir = destination.filesystem.base_directory
+        # Also when this model is not blessed: a killed push's leftovers go on the next run.
+        remove_stale_temps(base_dir)
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         version, copied = push_atomically(
             model_path, base_dir, {"model_artifact_id": model.id, "model_uri": model.uri}

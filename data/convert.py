@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
@@ -25,7 +26,9 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from data.config import ConversionConfig, ValidationConfig
+from data.errors import TailingsError, os_reason
 from data.examples import to_example
+from data.lock import lock_local_output
 from data.pairs import (
     CONVERSION_FAILED,
     PairSpec,
@@ -77,16 +80,65 @@ class ShardPlan:
 @contextlib.contextmanager
 def atomic_tfrecord(final: str) -> Iterator:
     """A GZIP TFRecord writer to a temporary name beside `final`, renamed to `final` when the
-    block ends without an error, so a retried bundle never leaves half a shard behind."""
+    block ends without an error, so a retried bundle never leaves half a shard behind.
+
+    On any error the temporary file is removed; an error of the file system itself (a full
+    disk, a read-only or vanished folder) becomes a `ShardWriteError` naming the shard and the
+    OS error, instead of TensorFlow's or Beam's exception types."""
     import tensorflow as tf
 
     parent = final.rsplit("/", 1)[0]
-    if not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
     temp = f"{final}.tmp-{uuid.uuid4().hex}"
-    with tf.io.TFRecordWriter(temp, options="GZIP") as writer:
+    writer = None
+    try:
+        if not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+        writer = tf.io.TFRecordWriter(temp, options="GZIP")
         yield writer
-    FileSystems.rename([temp], [final])
+        writer.close()  # flushes: a full disk often shows only here
+        FileSystems.rename([temp], [final])
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            if writer is not None:
+                writer.close()
+        with contextlib.suppress(Exception):
+            if FileSystems.exists(temp):
+                FileSystems.delete([temp])
+        if isinstance(err, (OSError, tf.errors.OpError)):
+            raise ShardWriteError(f"cannot write shard {final} ({_os_error_text(err)})") from err
+        raise
+
+
+class ShardWriteError(TailingsError):
+    """A shard could not be written: a full disk, a read-only or vanished output folder.
+
+    Its text is the contract: Beam re-raises a DoFn's error as a new exception (and from worker
+    processes only as text, inside a RuntimeError), so `shard_write_failure` finds the shard
+    and the OS error in whatever reaches the caller of the pipeline."""
+
+
+_SHARD_WRITE = re.compile(r"cannot write shard (?P<path>.+?) \((?P<reason>[^()\n]+)\)")
+
+
+def shard_write_failure(error: BaseException | str) -> tuple[str, str] | None:
+    """(shard path, OS error) if `error` (an exception, its chain, or a log line) says that a
+    shard could not be written; None for anything else."""
+    seen: list[BaseException | str] = [error]
+    while isinstance(seen[-1], BaseException) and len(seen) < 10:
+        nxt = seen[-1].__cause__ or seen[-1].__context__
+        if nxt is None:
+            break
+        seen.append(nxt)
+    for item in seen:
+        match = _SHARD_WRITE.search(str(item))
+        if match:
+            return match["path"], match["reason"]
+    return None
+
+
+def _os_error_text(err: BaseException) -> str:
+    """`data.errors.os_reason`, with parentheses made brackets: they delimit it in the message."""
+    return os_reason(err).replace("(", "[").replace(")", "]")
 
 
 class WriteShardFn(beam.DoFn):
@@ -225,7 +277,7 @@ class ConversionSummary:
         )
 
 
-class ConversionError(RuntimeError):
+class ConversionError(TailingsError, RuntimeError):
     """A problem with the whole job (missing folder, nothing to convert), not with one pair."""
 
 
@@ -347,35 +399,37 @@ def run_conversion(
         raise ConversionError(
             f"no {'/'.join(cfg.pairing.extensions)} files in {images_dir} or {masks_dir}"
         )
-    say(f"found {len(specs)} candidate pairs; converting with {cfg.workers} worker(s)")
-    plan = ShardPlan(shards=cfg.shards, file_pattern=cfg.examples_pattern)
-    if not FileSystems.exists(output_dir):
-        FileSystems.mkdirs(output_dir)
-    _remove_old_outputs(output_dir, cfg)
-    rejected_path = FileSystems.join(output_dir, cfg.rejected_file)
+    # One job per output folder: a second `tailings convert` (or run) into it stops here.
+    with lock_local_output(output_dir, "convert", say):
+        say(f"found {len(specs)} candidate pairs; converting with {cfg.workers} worker(s)")
+        plan = ShardPlan(shards=cfg.shards, file_pattern=cfg.examples_pattern)
+        if not FileSystems.exists(output_dir):
+            FileSystems.mkdirs(output_dir)
+        _remove_old_outputs(output_dir, cfg)
+        rejected_path = FileSystems.join(output_dir, cfg.rejected_file)
 
-    stop = threading.Event()
-    ticker = threading.Thread(
-        target=_ticker,
-        args=(say, f"converting {len(specs)} pairs", stop, progress_every),
-        daemon=True,
-    )
-    ticker.start()
-    try:
-        with _pipeline(pipeline_options(cfg.workers, beam_args, cfg.running_mode)) as p:
-            convert_pairs(p, specs, output_dir, plan, cfg.validation, rejected_path, excluded)
-    finally:
-        stop.set()
-    return summarize(
-        p.result,
-        specs,
-        plan,
-        output_dir,
-        rejected_path,
-        FileSystems.join(output_dir, cfg.summary_file),
-        time.monotonic() - start,
-        cfg.workers,
-    )
+        stop = threading.Event()
+        ticker = threading.Thread(
+            target=_ticker,
+            args=(say, f"converting {len(specs)} pairs", stop, progress_every),
+            daemon=True,
+        )
+        ticker.start()
+        try:
+            with _pipeline(pipeline_options(cfg.workers, beam_args, cfg.running_mode)) as p:
+                convert_pairs(p, specs, output_dir, plan, cfg.validation, rejected_path, excluded)
+        finally:
+            stop.set()
+        return summarize(
+            p.result,
+            specs,
+            plan,
+            output_dir,
+            rejected_path,
+            FileSystems.join(output_dir, cfg.summary_file),
+            time.monotonic() - start,
+            cfg.workers,
+        )
 
 
 def _remove_old_outputs(output_dir: str, cfg: ConversionConfig) -> None:

@@ -39,6 +39,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 from data.config import PairingConfig
+from data.errors import TailingsError
 
 # Temporary files are named `.<final name>.<random>.fetch-tmp`, so a later run can tell its own
 # leftovers (from a killed process) apart from anything else in the folder.
@@ -120,7 +121,7 @@ class FetchResult:
         )
 
 
-class FetchError(RuntimeError):
+class FetchError(TailingsError, RuntimeError):
     """The source as a whole is unusable: unreachable, not a known layout, or without pairs."""
 
 

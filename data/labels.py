@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from data.errors import TailingsError
+
 LABELS_FILE = "labels.yaml"
 EXCLUDE = "exclude"
 KEEP = "keep"
@@ -54,7 +56,7 @@ class LabelDecision:
     reason: str
 
 
-class LabelsFileError(ValueError):
+class LabelsFileError(TailingsError, ValueError):
     """A labels file that cannot be used; the message starts with the file's path."""
 
 

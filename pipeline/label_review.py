@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from components.cross_validation import Split, fold_of, stack, subset
+from data.errors import TailingsError
 from pipeline.config import LabelReviewConfig
 
 RANKING_FILE = "ranking.csv"
@@ -68,7 +69,7 @@ FLAG_COLOURS = {
 SCORE_METHOD = "num_pixel_issues"
 
 
-class LabelReviewError(RuntimeError):
+class LabelReviewError(TailingsError, RuntimeError):
     """A problem with the whole review (no data, too few pairs), not with one pair."""
 
 

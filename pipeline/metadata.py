@@ -2,15 +2,28 @@
 
 ML Metadata records every execution and artifact; these helpers turn it into "the outputs of
 node X in run R", which the run summary, `tailings runs` and the reports need.
+
+The store is one SQLite file, `<output-dir>/metadata.sqlite`. A kill, a full disk or a bad copy
+can leave it truncated or overwritten; ML Metadata's C++ layer then fails with a long message
+quoting its SQL. `open_store` and `check_store` look at the file with the stdlib `sqlite3` first
+and turn any damage into one `MetadataStoreError` line naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from data.errors import TailingsError
 from pipeline.config import PIPELINE_NAME
 
 RUN_CONTEXT = "pipeline_run"
@@ -43,11 +56,229 @@ class RunRecord:
         return found[-1] if found else None
 
 
-def open_store(sqlite_path: str) -> metadata_store.MetadataStore:
+class MetadataStoreError(TailingsError):
+    """The ML Metadata store cannot be read: one line naming the file and what is wrong."""
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_HEADER_BYTES = 100
+# Tables every ML Metadata schema version has; an SQLite file without them is another program's.
+MLMD_TABLES = ("MLMDEnv", "Type", "Context", "Execution", "Artifact")
+RESET_HINT = "move it away to start an empty store (the runs it recorded are then forgotten)"
+
+log = logging.getLogger(__name__)
+
+
+def open_store(
+    sqlite_path: str | os.PathLike, verify: bool = False
+) -> metadata_store.MetadataStore:
+    """The store at `sqlite_path`, read-only; `MetadataStoreError` if it cannot be read.
+
+    A 0-byte file is what a run killed while creating the store leaves (SQLite makes the file
+    before it writes anything): it holds no runs, so it opens as an empty store and each caller
+    says "no runs recorded" as for a new folder. The file is not touched: `tailings run` turns
+    it into a real store. An unfinished write left by a killed run (`<file>-journal`) is rolled
+    back first, as SQLite does for any writer (read-only access cannot otherwise read it).
+    `verify` also runs SQLite's `quick_check`, which reads every page: callers that open the
+    store once (`tailings runs`) afford it; the run's progress poll, every second, does not.
+    """
+    path = Path(sqlite_path)
+    if _checked_size(path) == 0:
+        return _empty_store()
+    _roll_back_interrupted_write(path)
+    if verify:
+        problem = _content_problem(path)
+        if problem:
+            raise MetadataStoreError(f"{path}: {problem}")
     config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = sqlite_path
+    config.sqlite.filename_uri = str(path)
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    try:
+        return metadata_store.MetadataStore(config)
+    except Exception as err:  # noqa: BLE001 - ML Metadata raises RuntimeError or its own types
+        problem, blank = _inspect_content(path)
+        if blank:
+            return _empty_store()  # read-only, ML Metadata cannot make its tables: none to read
+        problem = problem or f"cannot open the metadata store: {_mlmd_reason(err)}"
+        raise MetadataStoreError(f"{path}: {problem}") from None
+
+
+def check_store(sqlite_path: str | os.PathLike) -> None:
+    """Refuse a damaged store before a run starts, with one `MetadataStoreError` line.
+
+    `tailings run` calls this before the pipeline: TFX would otherwise fail inside its first
+    component with ML Metadata's SQL error, after the run was announced. A missing or 0-byte
+    file passes (ML Metadata creates the store in it); an unfinished write of a killed run is
+    rolled back; then SQLite's `quick_check` reads every page (milliseconds for a store of a few
+    MB, once per run).
+    """
+    path = Path(sqlite_path)
+    if not os.path.lexists(path):
+        return
+    if _checked_size(path) == 0:
+        return
+    _roll_back_interrupted_write(path)
+    problem = _content_problem(path)
+    if problem:
+        raise MetadataStoreError(f"{path}: {problem}")
+
+
+def _empty_store() -> metadata_store.MetadataStore:
+    """An in-memory store with nothing in it (what a 0-byte file holds)."""
+    config = metadata_store_pb2.ConnectionConfig()
+    config.fake_database.SetInParent()
     return metadata_store.MetadataStore(config)
+
+
+def _sqlite_uri(path: Path, mode: str) -> str:
+    return f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+
+
+def _header_problem(path: Path) -> tuple[int, str | None]:
+    """(file size, what is wrong with the SQLite header or size, or None)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        header = fh.read(SQLITE_HEADER_BYTES)
+    if size == 0:
+        return 0, None
+    if not header.startswith(SQLITE_MAGIC):
+        if len(header) < len(SQLITE_MAGIC) and SQLITE_MAGIC.startswith(header):
+            return size, f"truncated to {size} bytes: shorter than an SQLite header"
+        return size, "not an ML Metadata store: not an SQLite database"
+    if len(header) < SQLITE_HEADER_BYTES:
+        return size, f"truncated to {size} bytes: shorter than an SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return size, f"damaged SQLite header (page size {page_size})"
+    pages = int.from_bytes(header[28:32], "big")
+    # The page count in the header is valid when the change counter matches "version valid for".
+    if pages and header[24:28] == header[92:96]:
+        if size < pages * page_size:
+            return size, f"truncated: {size} bytes where its header says {pages * page_size}"
+    elif size % page_size:
+        return size, f"truncated: {size} bytes is not a whole number of {page_size}-byte pages"
+    return size, None
+
+
+def _checked_size(path: Path) -> int:
+    """The store's size after checking its header and size; raises `MetadataStoreError`."""
+    try:
+        size, problem = _header_problem(path)
+        if problem and problem.startswith("truncated") and size >= SQLITE_HEADER_BYTES:
+            # A run committing right now writes page 1 (the new page count) before the pages
+            # that grow the file: look again while holding SQLite's shared lock, which waits
+            # for the commit to end. A really truncated file says the same the second time.
+            with _shared_lock(path):
+                size, problem = _header_problem(path)
+    except FileNotFoundError:
+        what = "a symbolic link to a missing file" if path.is_symlink() else "no such file"
+        raise MetadataStoreError(f"{path}: {what}; no metadata store there") from None
+    except OSError as err:
+        raise MetadataStoreError(
+            f"{path}: cannot read the metadata store: {err.strerror}"
+        ) from None
+    if problem:
+        raise MetadataStoreError(f"{path}: {problem}; {RESET_HINT}")
+    return size
+
+
+@contextlib.contextmanager
+def _shared_lock(path: Path):
+    """Hold a read transaction on the SQLite file (best effort: damage may refuse it)."""
+    con = sqlite3.connect(_sqlite_uri(path, "ro"), uri=True, timeout=10)
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("BEGIN")
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        yield
+    finally:
+        con.close()
+
+
+def _roll_back_interrupted_write(path: Path) -> None:
+    """Roll back the write a killed run left half done, so read-only access can read the store.
+
+    SQLite journals each write in `<file>-journal`; if the writer dies, the journal stays
+    ("hot") and only a connection allowed to write may roll it back, which SQLite does on its
+    first read. SQLite itself decides whether the journal is hot: it is not while a live run
+    holds its write lock, so a running pipeline's write is never undone.
+    """
+    journal = Path(f"{path}-journal")
+    try:
+        if journal.stat().st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise MetadataStoreError(
+            f"{path}: a stopped run left an unfinished write in {journal.name}; rolling it "
+            f"back needs write access to {path.parent}"
+        )
+    con = sqlite3.connect(_sqlite_uri(path, "rw"), uri=True, timeout=10)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        raise MetadataStoreError(f"{path}: {_sqlite_reason(err)}; {RESET_HINT}") from None
+    finally:
+        con.close()
+    if not journal.exists() or journal.stat().st_size == 0:
+        log.info("rolled back the unfinished write a stopped run left in %s", path)
+
+
+def _content_problem(path: Path) -> str | None:
+    """What is wrong inside the store, in words, or None (see `_inspect_content`)."""
+    return _inspect_content(path)[0]
+
+
+def _inspect_content(path: Path) -> tuple[str | None, bool]:
+    """(SQLite's `quick_check` of every page and the check that ML Metadata's tables are there:
+    the problem or None, whether the database is blank: valid SQLite with no tables yet).
+
+    A blank database is what a run killed before ML Metadata made its tables leaves; like a
+    0-byte file it holds no runs, and ML Metadata sets it up on the next `tailings run`.
+    """
+    try:
+        con = sqlite3.connect(_sqlite_uri(path, "ro"), uri=True, timeout=10)
+        try:
+            rows = [r[0] for r in con.execute("PRAGMA quick_check")]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):
+            return None, False  # a run is writing: busy, not damaged; ML Metadata waits its turn
+        return f"{_sqlite_reason(err)}; {RESET_HINT}", False
+    except sqlite3.Error as err:
+        return f"{_sqlite_reason(err)}; {RESET_HINT}", False
+    problems = [" ".join(r.split()) for r in rows if r != "ok" and not r.startswith("***")]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"damaged: {problems[0]}{more}; {RESET_HINT}", False
+    if not tables:
+        return None, True
+    if not set(MLMD_TABLES) <= tables:
+        missing = ", ".join(t for t in MLMD_TABLES if t not in tables)
+        return (
+            f"not an ML Metadata store: an SQLite database without its tables ({missing})",
+            False,
+        )
+    return None, False
+
+
+def _sqlite_reason(err: sqlite3.Error) -> str:
+    reason = str(err)
+    if "malformed" in reason or "not a database" in reason:
+        return f"damaged: {reason}"
+    return reason
+
+
+def _mlmd_reason(err: Exception) -> str:
+    """ML Metadata's message without the SQL it quotes (one line)."""
+    text = str(err)
+    found = re.search(r"Error when executing query: (.*?) query:", text, re.S)
+    reason = found.group(1) if found else (text.strip().splitlines() or [type(err).__name__])[0]
+    return " ".join(reason.split())[:200]
 
 
 def run_ids(store: metadata_store.MetadataStore) -> list[str]:

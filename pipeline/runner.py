@@ -7,6 +7,7 @@ the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it does not
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.lock import output_lock
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.evaluation import DROP_GATE, SplitEvaluation
@@ -178,44 +180,107 @@ class _ComponentProgress(threading.Thread):
             self._say(f"< {self._nodes[execution.id]} done in {took:.1f} s{note}")
 
 
-def _route_logs(cfg: PipelineConfig) -> tuple[Path, list]:
+class _LogFile(logging.FileHandler):
+    """The run's log file. When it cannot be written (the disk filled up), it keeps the first
+    OSError and drops later records, instead of Python printing a "--- Logging error ---"
+    traceback for every record; `_restore_logs` reports the failure in one line."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failure: OSError | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            self.failure = err
+        else:
+            super().handleError(record)
+
+
+@dataclass
+class _SavedLogging:
+    loggers: list[tuple[logging.Logger, list[logging.Handler], int]]
+    log: _LogFile
+
+
+def _route_logs(cfg: PipelineConfig) -> tuple[Path, _SavedLogging]:
     """Send Python logging to a per-run file under `<output-dir>/logs/`."""
     log_dir = cfg.output_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
-    file_handler = logging.FileHandler(log_file)
+    file_handler = _LogFile(log_file)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
-    saved = [(root, list(root.handlers), root.level)]
+    saved = _SavedLogging([(root, list(root.handlers), root.level)], file_handler)
     root.handlers = [file_handler]
     root.setLevel(logging.INFO)
     return log_file, saved
 
 
-def _restore_logs(saved) -> None:
-    for logger, handlers, level in saved:
+def _restore_logs(saved: _SavedLogging) -> None:
+    """Put logging back as it was; close the log file, and say in one line if writing it
+    failed (a full disk), which the log itself cannot tell."""
+    for logger, handlers, level in saved.loggers:
         logger.handlers = handlers
         logger.setLevel(level)
+    log = saved.log
+    try:
+        log.close()  # flushes: a disk that filled up may only show here
+    except OSError as err:
+        log.failure = log.failure or err
+    if log.failure is not None:
+        print(
+            f"cannot write the log {log.baseFilename}: {log.failure.strerror or log.failure} "
+            "(the records after that were dropped)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @contextlib.contextmanager
 def _fds_to(log_file: Path):
-    """Point fds 1 and 2 at the log; `say` keeps writing to a copy of the terminal's stderr."""
+    """Point fds 1 and 2 at the log; `say` keeps writing to a copy of the terminal's stderr.
+
+    The terminal's fds come back whatever happens, also when the log's disk is full: then what
+    Python could not flush to the log is dropped, not shown on the terminal afterwards."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log_file, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+    try:
+        with open(log_file, "a") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                _flush_or_drop()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _flush_or_drop() -> None:
+    """Flush sys.stdout/sys.stderr into the log; if that fails (a full disk), flush them into
+    /dev/null instead, so their buffers do not reach the terminal once it is back on fds 1/2."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            yield
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            os.close(devnull)
 
 
 def terminal_writer() -> Callable[[str], None]:
@@ -239,21 +304,63 @@ def describe_trainer(cfg: PipelineConfig) -> str:
     return line + (f", changed: {', '.join(changes)}" if changes else "")
 
 
-def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) -> RunSummary:
-    """Build and run the pipeline; whatever happens, summarise what ML Metadata recorded."""
-    say = say or terminal_writer()
-    from tfx import v1 as tfx
+def new_run_id() -> str:
+    """A pipeline run id in TFX's own format (local ISO time, here always with microseconds),
+    so `tailings runs` reads and sorts ours like the ids TFX chose before."""
+    return datetime.datetime.now().isoformat(timespec="microseconds")
 
-    from components.validation_gate import AnomaliesFound
-    from pipeline.pipeline import create_pipeline
+
+def _local_dag_runner(run_id: str):
+    """TFX's LocalDagRunner, running the pipeline under `run_id`.
+
+    TFX 1.16 picks the run id inside `LocalDagRunner.run_with_ir`: it substitutes the IR's
+    `pipeline-run-id` runtime parameter with `datetime.now().isoformat()`, and neither `run()`
+    nor its `RunOptions` (partial-run settings only) lets a caller choose it. So we substitute
+    the parameter first, with the same `runtime_parameter_utils` call; TFX's own substitution
+    then finds no runtime parameter left to replace. Knowing the id before the run starts lets
+    the summary read this run's record, not merely the newest one in the store (which another
+    run, or anything else writing the store, may have added meanwhile).
+    """
+    from tfx.dsl.compiler import constants
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from tfx.orchestration.portable import runtime_parameter_utils
+
+    class _OwnRunId(LocalDagRunner):
+        def run_with_ir(self, pipeline, run_options=None, **kwargs):
+            runtime_parameter_utils.substitute_runtime_parameter(
+                pipeline, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id}
+            )
+            return super().run_with_ir(pipeline, run_options=run_options, **kwargs)
+
+    return _OwnRunId()
+
+
+def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) -> RunSummary:
+    """Build and run the pipeline; whatever happens, summarise what ML Metadata recorded of it.
+
+    The output folder is locked for the whole run (`data.lock`): a second run or conversion on
+    it stops with `OutputBusy` (exit code 5) before anything is written there.
+    """
+    say = say or terminal_writer()
 
     if not (cfg.data_dir / "img").is_dir() or not (cfg.data_dir / "mask").is_dir():
         raise FileNotFoundError(
             f"{cfg.data_dir} must hold img/ and mask/ folders (try `tailings fetch-data`)"
         )
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(cfg.output_dir, "run", say):
+        return _run_locked(cfg, say)
+
+
+def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
+    from components.validation_gate import AnomaliesFound
+    from pipeline.pipeline import create_pipeline
+
+    metadata.check_store(cfg.metadata_path)  # a damaged store: one line, before anything runs
     start = time.monotonic()
+    run_id = new_run_id()
     log_file, saved = _route_logs(cfg)
+    say(f"run {run_id}")
     say(f"logs: {log_file}")
     say(describe_trainer(cfg))
     progress = _ComponentProgress(cfg.metadata_path, say)
@@ -263,7 +370,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) 
         # TFX, Beam, TensorFlow and the pip install of the module files print to stdout/stderr,
         # also from subprocesses and C++: send the file descriptors themselves to the log.
         with _fds_to(log_file):
-            tfx.orchestration.LocalDagRunner().run(create_pipeline(cfg))
+            _local_dag_runner(run_id).run(create_pipeline(cfg))
     except AnomaliesFound:
         pass  # the summary lists them from the ExampleValidator's artifact
     except Exception as err:  # noqa: BLE001 - any component failure ends the run; report it
@@ -273,7 +380,14 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] | None = None) 
     finally:
         progress.stop()
         _restore_logs(saved)
-    summary = summarize_run(cfg, time.monotonic() - start)
+    seconds = time.monotonic() - start
+    recorded = cfg.metadata_path.exists() and run_id in metadata.run_ids(
+        metadata.open_store(str(cfg.metadata_path))
+    )
+    if recorded:
+        summary = summarize_run(cfg, seconds, run_id=run_id)
+    else:  # stopped before TFX recorded anything under this run's id
+        summary = RunSummary(run_id=run_id, seconds=seconds, error="no run recorded")
     if error and not summary.anomalies:
         summary.error = error
     return summary

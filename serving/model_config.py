@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from data.errors import TailingsError
 from serving.config import CONTAINER_MODELS_DIR, MODEL_NAME_RE
 
 PolicyKind = Literal["latest", "all", "specific"]
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(TailingsError, ValueError):
     """The model config file (or a model name) is unusable; the message names the file."""
 
 

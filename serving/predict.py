@@ -20,8 +20,10 @@ float32 probabilities, as Cloud-Optimized GeoTIFFs on the input's grid; optional
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from components.warmup import (
     image_example,
     serving_tile_size,
 )
+from data.errors import TailingsError
 from data.geo import SQUARE_METRES_PER_HECTARE, AreaError, pixel_areas, polygon_area
 from serving.config import PredictConfig
 
@@ -46,7 +49,7 @@ BANDS = 3
 WGS84 = "EPSG:4326"
 
 
-class PredictError(Exception):
+class PredictError(TailingsError):
     """Bad input or an unusable model/server; the message names the file and the problem."""
 
 
@@ -257,8 +260,28 @@ class SceneResult:
         return out
 
 
+def _write_error(path: Path, what: str, err: BaseException) -> PredictError:
+    """One line for an output that could not be written. GDAL reports a full disk as a write
+    error or a file it cannot read back, without the OS's words: a probe write in the same
+    folder, made at once, recovers them ("No space left on device")."""
+    reason = getattr(err, "strerror", None) or ""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path.parent)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as probe_err:
+        reason = probe_err.strerror or reason
+    return PredictError(f"{path}: cannot write the {what} ({reason or err})")
+
+
 class _Output:
-    """A tiled GeoTIFF written strip by strip, then copied into a COG at its final path."""
+    """A tiled GeoTIFF written strip by strip, then copied into a COG at its final path.
+
+    A failed write (a full disk) raises PredictError naming the path and leaves neither the
+    partial file nor the final one behind."""
 
     def __init__(self, path: Path, src, dtype: str, nodata, description: str, cfg, kind: str):
         import rasterio
@@ -268,6 +291,7 @@ class _Output:
         self.partial = self.path.with_name(f".{self.path.name}.partial.tif")
         self.kind = kind
         self.cfg = cfg
+        self.finished = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -297,16 +321,19 @@ class _Output:
         from rasterio.windows import Window
 
         window = Window(0, top, rows.shape[1], rows.shape[0])
-        self.dataset.write(rows[None], window=window)
+        try:
+            self.dataset.write(rows[None], window=window)
+        except Exception as err:  # noqa: BLE001 - GDAL's errors are not all OSErrors
+            raise _write_error(self.path, "output", err) from None
 
     def finish(self, tags: dict[str, str]) -> None:
         """Close and rewrite as a COG (tiles, overviews, compression); drop the partial file."""
         from rasterio.shutil import copy
 
-        self.dataset.update_tags(**tags)
-        self.dataset.close()
         mask = self.kind == "mask"
         try:
+            self.dataset.update_tags(**tags)
+            self.dataset.close()
             copy(
                 self.partial,
                 self.path,
@@ -317,13 +344,21 @@ class _Output:
                 overview_resampling="nearest" if mask else "average",
                 bigtiff="IF_SAFER",
             )
+        except Exception as err:  # noqa: BLE001 - GDAL's errors are not all OSErrors
+            raise _write_error(self.path, "output", err) from None
         finally:
             self.partial.unlink(missing_ok=True)
+        self.finished = True
 
     def abort(self) -> None:
-        if not self.dataset.closed:
-            self.dataset.close()
+        """Remove what this output wrote: a failed prediction leaves no file half written, and
+        no mask without the probabilities asked for with it."""
+        with contextlib.suppress(Exception):
+            if not self.dataset.closed:
+                self.dataset.close()
         self.partial.unlink(missing_ok=True)
+        if self.finished:
+            self.path.unlink(missing_ok=True)
 
 
 def write_polygons(mask_path: Path, out: Path) -> int:
@@ -354,6 +389,8 @@ def write_polygons(mask_path: Path, out: Path) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     except OSError as err:
+        with contextlib.suppress(OSError):
+            out.unlink(missing_ok=True)  # not half a GeoJSON file (a full disk)
         raise PredictError(f"{out}: cannot write the polygons ({err.strerror})") from None
     return len(features)
 
@@ -374,20 +411,27 @@ def predict_scene(
             f"--tile {cfg.tile}, but the model's {SERVING_DEFAULT} signature takes "
             f"{model.tile} x {model.tile} tiles ({model.source}); pass --tile {model.tile}"
         )
+    import rasterio
+
     started = time.monotonic()
     src = open_scene(scene)
     outputs: list[_Output] = []
-    try:
-        result = _predict(src, Path(scene), model, out_mask, cfg, out_probabilities, outputs, say)
-    except BaseException:
-        for output in outputs:
-            output.abort()
-        raise
-    finally:
-        src.close()
-    if out_polygons is not None:
-        result.polygons = write_polygons(Path(out_mask), Path(out_polygons))
-        result.outputs.append(str(out_polygons))
+    # In an Env, GDAL's error messages go to Python logging instead of stderr: a failed write
+    # becomes one PredictError line, not a screen of "ERROR 1: TIFF..." lines.
+    with rasterio.Env():
+        try:
+            result = _predict(
+                src, Path(scene), model, out_mask, cfg, out_probabilities, outputs, say
+            )
+            if out_polygons is not None:
+                result.polygons = write_polygons(Path(out_mask), Path(out_polygons))
+                result.outputs.append(str(out_polygons))
+        except BaseException:
+            for output in outputs:
+                output.abort()
+            raise
+        finally:
+            src.close()
     result.seconds = time.monotonic() - started
     return result
 

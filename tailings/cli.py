@@ -1,18 +1,30 @@
 """`tailings`: one verb per job. Heavy libraries are imported inside each verb, so `--help` is fast.
 
 Exit codes: 0 success; 1 the job ran into bad input or produced nothing; 2 usage errors (argparse);
-`tailings run` adds 3 (not blessed) and 4 (data anomalies).
+5 another run or conversion holds the output folder; `tailings run` adds 3 (not blessed) and 4
+(data anomalies). Every error meant for a user is a `data.errors.TailingsError`, caught once in
+`main` and printed as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tailings.common import EXIT_FAILED, EXIT_OK, CliError, say
+from tailings.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CliError,
+    TailingsError,
+    cannot_write,
+    check_writable,
+    os_error_line,
+    say,
+)
 from tailings.labels_cli import add_labels
 from tailings.serving_cli import add_predict, add_serve
 from tailings.stats_cli import add_report, add_stats
@@ -71,7 +83,6 @@ def _add_convert(sub) -> None:
 
 def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     from data.config import ConversionConfig
-    from data.convert import ConversionError, run_conversion
 
     for label, folder in (("--images", args.images), ("--masks", args.masks)):
         if not folder.is_dir():
@@ -81,19 +92,28 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.labels is not None and not args.labels.is_file():
         raise CliError(f"--labels {args.labels}: no such file")
     excluded = _exclusions(args.images, args.masks, args.labels or args.images.resolve().parent)
+    check_writable(args.output, "--output")  # a local folder; gs://... is left to Beam
+    from data.convert import run_conversion, shard_write_failure
+
     cfg = ConversionConfig(workers=args.workers, shards=args.shards, running_mode=args.running_mode)
     try:
-        summary = run_conversion(
-            str(args.images),
-            str(args.masks),
-            args.output,
-            cfg,
-            beam_args,
-            say=say,
-            excluded=excluded,
-        )
-    except ConversionError as err:
-        raise CliError(str(err)) from None
+        with _QuietShardWriteFailures():
+            summary = run_conversion(
+                str(args.images),
+                str(args.masks),
+                args.output,
+                cfg,
+                beam_args,
+                say=say,
+                excluded=excluded,
+            )
+    except Exception as err:  # Beam re-raises a worker's error as a new one, or only its text
+        failure = shard_write_failure(err)
+        if failure is None:
+            raise
+        shard, reason = failure
+        note = f"{shard.rsplit('/', 1)[-1]} not written; no partial shard left"
+        raise cannot_write("--output", args.output, reason, note) from None
     say(summary.one_line())
     say(f"wrote {args.output}/ ({cfg.rejected_file}, {cfg.summary_file}, shards)")
     if summary.converted == 0:
@@ -104,19 +124,40 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     return EXIT_OK
 
 
+class _QuietShardWriteFailures(logging.Filter):
+    """While a conversion runs: drop Beam's log records (each a full traceback) of a shard
+    that could not be written; `_convert` reports that failure once, in one line."""
+
+    LOGGERS = (
+        "apache_beam.runners.common",  # in-process DoFn errors
+        "apache_beam.runners.worker.sdk_worker",  # --running-mode multi_threading
+        "apache_beam.runners.portability.local_job_service",  # multi_processing workers
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from data.convert import shard_write_failure
+
+        return shard_write_failure(record.getMessage()) is None
+
+    def __enter__(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def __exit__(self, *exc) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
 def _exclusions(images: Path, masks: Path, labels: Path) -> dict[str, str]:
     """Pair id -> reason for the pairs a reviewed labels file excludes (`data.labels`);
     `labels` is the file or the folder holding labels.yaml. Checked before anything runs."""
-    from data.labels import LabelsFileError, exclusions, labels_path, read_labels
+    from data.labels import exclusions, labels_path, read_labels
     from data.pairs import discover_pairs
 
     path = labels if labels.is_file() else labels_path(labels)
     if not path.is_file() or not images.is_dir() or not masks.is_dir():
         return {}
-    try:
-        return exclusions(read_labels(path, {s.pair_id for s in discover_pairs(images, masks)}))
-    except LabelsFileError as err:
-        raise CliError(str(err)) from None
+    return exclusions(read_labels(path, {s.pair_id for s in discover_pairs(images, masks)}))
 
 
 # --------------------------------------------------------------------------- fetch-data
@@ -136,12 +177,9 @@ def _add_fetch(sub) -> None:
 
 
 def _fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from data.fetch import FetchError, fetch_data
+    from data.fetch import fetch_data
 
-    try:
-        result = fetch_data(args.source, args.dest, say=say)
-    except FetchError as err:
-        raise CliError(str(err)) from None
+    result = fetch_data(args.source, args.dest, say=say)
     say(result.one_line())  # each failure was already reported with its reason as it happened
     return EXIT_OK if not result.failed else EXIT_FAILED
 
@@ -235,6 +273,9 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     excluded = _exclusions(cfg.data_dir / "img", cfg.data_dir / "mask", cfg.data_dir)
     if excluded:
         say(f"labels.yaml: {len(excluded)} pair(s) excluded by review: {', '.join(excluded)}")
+    # Outputs are checked now, not when the Pusher finds --serving-dir read-only after training.
+    check_writable(cfg.output_dir, "--output-dir")
+    check_writable(cfg.serving_dir, "--serving-dir")
     from pipeline.runner import run_pipeline  # TFX and TensorFlow: only once the input is fine
 
     try:
@@ -350,8 +391,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         code = args.func(args, beam_args)
-    except CliError as err:
+    except TailingsError as err:  # every error meant for the user, from any layer: one line
         print(f"tailings {args.verb}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        # Last resort for the file system failing where no verb expected it (a disk filling up
+        # mid-job): the path and the OS error, not a traceback. Verbs convert the failures they
+        # can name a flag for where they write (tailings.common.check_writable, cannot_write).
+        print(f"tailings {args.verb}: error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"tailings {args.verb}: interrupted", file=sys.stderr)

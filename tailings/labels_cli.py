@@ -7,10 +7,9 @@ paths are checked before TensorFlow loads; the review itself is `pipeline.label_
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from tailings.common import EXIT_OK, CliError, say
+from tailings.common import EXIT_OK, CliError, check_writable, say
 
 
 def add_labels(sub) -> None:
@@ -72,7 +71,7 @@ def add_labels(sub) -> None:
 
 
 def _review(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from data.labels import LabelsFileError, labels_path, read_labels
+    from data.labels import labels_path, read_labels
     from data.pairs import discover_pairs
     from pipeline.config import LabelReviewConfig
 
@@ -100,25 +99,18 @@ def _review(args: argparse.Namespace, beam_args: list[str]) -> int:
     if len(specs) < cfg.folds:
         raise CliError(f"--data {args.data}: {len(specs)} pairs are too few for {cfg.folds} folds")
     if labels_path(args.data).exists():  # a broken labels file is reported now, not at the end
-        try:
-            read_labels(labels_path(args.data), known_ids={s.pair_id for s in specs})
-        except LabelsFileError as err:
-            raise CliError(str(err)) from None
-    for path in (cfg.out_dir, cfg.html_path.parent):
-        _check_writable(path)
+        read_labels(labels_path(args.data), known_ids={s.pair_id for s in specs})
+    check_writable(cfg.out_dir, "--out")  # before hours of training
+    check_writable(cfg.html_path, "--html", is_file=True)
 
     from pipeline.label_review import (
         FLAGGED_DIR,
         PROPOSED_FILE,
         RANKING_FILE,
-        LabelReviewError,
         run_review,
     )
 
-    try:
-        review = run_review(cfg, say)
-    except LabelReviewError as err:
-        raise CliError(str(err)) from None
+    review = run_review(cfg, say)
     say(f"wrote {cfg.out_dir / RANKING_FILE}, {cfg.out_dir / FLAGGED_DIR}/, {cfg.html_path}")
     for rank, tile in enumerate(review.tiles[:10], start=1):
         print(
@@ -132,14 +124,3 @@ def _review(args: argparse.Namespace, beam_args: list[str]) -> int:
             f"then copy the file to {labels_path(cfg.data_dir)}"
         )
     return EXIT_OK
-
-
-def _check_writable(folder: Path) -> None:
-    """`folder` exists and is writable, or can be created (checked before hours of training)."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise CliError(f"cannot write to {folder} ({probe} is not a writable folder)")

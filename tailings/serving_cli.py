@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from tailings.common import EXIT_OK, CliError, say
+from tailings.common import EXIT_OK, CliError, check_writable, say
 
 
 # --------------------------------------------------------------------------- serve
@@ -71,14 +71,11 @@ def add_serve(sub) -> None:
 
 
 def _model_entries(args: argparse.Namespace) -> list:
-    from serving.model_config import ModelConfigError, load_model_config, single_model
+    from serving.model_config import load_model_config, single_model
 
-    try:
-        if args.model_config is not None:
-            return load_model_config(args.model_config, args.model_base_path)
-        return [single_model(args.model_base_path, args.model_name)]
-    except ModelConfigError as err:
-        raise CliError(str(err)) from None
+    if args.model_config is not None:
+        return load_model_config(args.model_config, args.model_base_path)
+    return [single_model(args.model_base_path, args.model_name)]
 
 
 def _serve(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -188,7 +185,6 @@ def add_predict(sub) -> None:
 
 def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
     from serving.config import MODELS_DIR, PredictConfig
-    from serving.predict import LocalModel, PredictError, RemoteModel, predict_scene
 
     try:
         cfg = PredictConfig(
@@ -199,25 +195,29 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     except ValueError as err:
         raise CliError(str(err)) from None
+    if not args.scene.is_file():  # the same words as serving.predict.open_scene, earlier
+        raise CliError(f"{args.scene}: no such file")
     outputs = [args.out, args.probabilities, args.polygons]
     if args.scene.resolve() in {o.resolve() for o in outputs if o is not None}:
         raise CliError(f"{args.scene}: an output would overwrite the input scene")
-    try:
-        if args.server:
-            model = RemoteModel.connect(args.server, args.model_name, cfg.timeout_seconds)
-        else:
-            model = LocalModel.open(args.model or MODELS_DIR / args.model_name)
-        result = predict_scene(
-            args.scene,
-            model,
-            args.out,
-            cfg,
-            out_probabilities=args.probabilities,
-            out_polygons=args.polygons,
-            say=say,
-        )
-    except PredictError as err:
-        raise CliError(str(err)) from None
+    for flag, path in zip(("--out", "--probabilities", "--polygons"), outputs, strict=True):
+        if path is not None:  # before the model loads and the scene is read
+            check_writable(path, flag, is_file=True)
+    from serving.predict import LocalModel, RemoteModel, predict_scene
+
+    if args.server:
+        model = RemoteModel.connect(args.server, args.model_name, cfg.timeout_seconds)
+    else:
+        model = LocalModel.open(args.model or MODELS_DIR / args.model_name)
+    result = predict_scene(
+        args.scene,
+        model,
+        args.out,
+        cfg,
+        out_probabilities=args.probabilities,
+        out_polygons=args.polygons,
+        say=say,
+    )
     for line in result.lines():
         say(line)
     return EXIT_OK

@@ -6,9 +6,10 @@ Registered in `tailings.cli.VERBS`; heavy libraries load inside the verbs so `--
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from tailings.common import EXIT_OK, CliError, say
+from tailings.common import EXIT_OK, CliError, cannot_write, check_writable, say
 
 LATEST = "latest"
 
@@ -64,34 +65,34 @@ def add_stats(sub) -> None:
 
 def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.config import PipelineConfig
+    from pipeline.reports.config import ALL_SPLITS
+
+    if args.examples is not None and args.split != ALL_SPLITS:
+        raise CliError("--split applies to runs; a TFRecord folder has no train/eval splits")
+    if args.html:  # before TensorFlow loads and TFDV spends minutes on statistics
+        check_writable(args.html, "--html", is_file=True)
     from pipeline.reports import drift as drift_lib
     from pipeline.reports import stats
-    from pipeline.reports.config import ALL_SPLITS
     from pipeline.reports.stats_page import stats_html
     from pipeline.reports.terminal import stats_lines
 
     cfg = PipelineConfig(output_dir=args.output_dir)
-    if args.examples is not None and args.split != ALL_SPLITS:
-        raise CliError("--split applies to runs; a TFRecord folder has no train/eval splits")
-    try:
-        if args.examples is not None:
-            say(f"computing statistics of {args.examples} with TFDV ...")
-            data = stats.from_examples(args.examples)
-        else:
-            data = stats.from_run(cfg, args.run)
-        if args.split != ALL_SPLITS:
-            data = data.only(args.split)
-        drift = reference = None
-        if args.compare:
-            reference = stats.from_run(cfg, args.compare)
-            drift = drift_lib.compare(data, reference, drift_lib.load_schema())
-        for line in stats_lines(data, drift, reference):
-            print(line)
-        if args.html:
-            say(f"rendering {args.html} ...")
-            _write(args.html, stats_html(data, drift, reference))
-    except stats.ReportError as err:
-        raise CliError(str(err)) from None
+    if args.examples is not None:
+        say(f"computing statistics of {args.examples} with TFDV ...")
+        data = stats.from_examples(args.examples)
+    else:
+        data = stats.from_run(cfg, args.run)
+    if args.split != ALL_SPLITS:
+        data = data.only(args.split)
+    drift = reference = None
+    if args.compare:
+        reference = stats.from_run(cfg, args.compare)
+        drift = drift_lib.compare(data, reference, drift_lib.load_schema())
+    for line in stats_lines(data, drift, reference):
+        print(line)
+    if args.html:
+        say(f"rendering {args.html} ...")
+        _write(args.html, stats_html(data, drift, reference))
     return EXIT_OK
 
 
@@ -114,14 +115,11 @@ def add_report(sub) -> None:
 
 
 def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
+    check_writable(args.html, "--html", is_file=True)  # before TensorFlow loads
     from pipeline.config import PipelineConfig
     from pipeline.reports.run_report import load_report, report_html
-    from pipeline.reports.stats import ReportError
 
-    try:
-        report = load_report(PipelineConfig(output_dir=args.output_dir), args.run)
-    except ReportError as err:
-        raise CliError(str(err)) from None
+    report = load_report(PipelineConfig(output_dir=args.output_dir), args.run)
     for line in report.summary.lines():
         print(line)
     _write(args.html, report_html(report))
@@ -129,9 +127,12 @@ def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _write(path: Path, page: str) -> None:
+    """Write the page (its folder was checked by `check_writable` before the work began)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page, encoding="utf-8")
-    except OSError as err:
-        raise CliError(f"cannot write {path}: {err.strerror}") from None
+    except OSError as err:  # e.g. the disk filled up meanwhile: no half-written page left
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise cannot_write("--html", path, err) from None
     say(f"wrote {path} ({len(page.encode()) / 1e3:.0f} kB, self-contained)")

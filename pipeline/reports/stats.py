@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.validation_gate import Anomaly, list_anomalies
+from data.errors import TailingsError
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.reports.config import DEFAULTS, ReportConfig
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 STATS_FILE = "FeatureStats.pb"  # what StatisticsGen writes per split
 
 
-class ReportError(Exception):
+class ReportError(TailingsError):
     """Bad input for a report (no store, unknown run, empty folder): one line for the user."""
 
 

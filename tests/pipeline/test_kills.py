@@ -1,0 +1,168 @@
+"""Fault injection: `tailings run`'s pipeline killed with SIGKILL, by pid, at randomised points.
+
+The tiny pipeline runs as a process of its own (`tests.fixtures.run_tiny`, what `tailings run`
+runs). It is killed when a randomly chosen component has started, after a random delay, then
+run again; after each rerun that completes, the output folder must hold exactly one complete
+numeric version per distinct model, no temporary folder, a lock nobody holds, a readable
+metadata store that lists the killed runs as such, and the metrics of an uninterrupted run.
+
+The points are drawn from a seed printed with every failure; `TAILINGS_KILL_SEED=<seed>`
+replays them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from components.pusher import PUSH_RECORD
+from pipeline import nodes
+from pipeline.runner import EXIT_BLESSED, summarize_run
+from pipeline.runs import list_runs
+from tests.conftest import PROJECT_ROOT
+from tests.fixtures.geotiffs import make_pairs
+from tests.fixtures.pipeline import TILE, tiny_config
+
+pytestmark = pytest.mark.slow
+
+# The components a kill may interrupt, in the order the pipeline runs them.
+FIRST_MODEL_POINTS = (
+    nodes.EXAMPLE_GEN,
+    nodes.STATISTICS_GEN,
+    nodes.TRANSFORM,
+    nodes.TRAINER,
+    nodes.SCENE_EVALUATOR,
+    nodes.TILE_EVALUATOR,
+    nodes.PUSHER,
+)
+# A second model (another epoch count) starts at the Trainer: everything before it is cached.
+SECOND_MODEL_POINTS = (nodes.TRAINER, nodes.SCENE_EVALUATOR, nodes.TILE_EVALUATOR, nodes.PUSHER)
+MAX_DELAY_S = 3.0  # after the component's start line; the poll that prints it runs every 1 s
+ATTEMPT_TIMEOUT_S = 900
+
+
+@dataclass
+class Attempt:
+    returncode: int
+    killed_at: str | None  # the component it was killed in, or None if it ran to its end
+    stdout: str
+    stderr: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str | None:
+        first = self.stdout.splitlines()[0] if self.stdout else ""
+        return first.split()[1].rstrip(":") if first.startswith("run ") else None
+
+
+def attempt(root: Path, data: Path, kill: tuple[str, float] | None, *extra: str) -> Attempt:
+    """Run the tiny pipeline; with `kill` = (component, delay), SIGKILL its pid `delay` seconds
+    after the component's start line (if it is still running then)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fixtures.run_tiny", str(root), str(data), *extra],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: orphans are cleaned up below
+    )
+    started = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if kill and line.startswith(f"> {kill[0]} ..."):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    killed_at = None
+    try:
+        if kill is not None:
+            deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
+            while not started.wait(0.2) and proc.poll() is None:
+                assert time.monotonic() < deadline, "\n".join(lines[-20:])
+            if started.is_set():
+                time.sleep(kill[1])
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed_at = kill[0]
+        stdout = proc.communicate(timeout=ATTEMPT_TIMEOUT_S)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        try:  # a killed parent leaves its children (pip, Beam) in the group: end them too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reader.join(timeout=10)
+    return Attempt(proc.returncode, killed_at, stdout, lines)
+
+
+def complete_versions(push_dir: Path) -> dict[str, str]:
+    """Numeric version -> fingerprint of the model in it; fails on anything incomplete."""
+    versions = {}
+    for entry in sorted(push_dir.iterdir()):
+        assert entry.name.isdigit(), f"left in {push_dir}: {entry.name}"
+        assert (entry / "saved_model.pb").is_file(), f"version {entry.name} is incomplete"
+        versions[entry.name] = json.loads((entry / PUSH_RECORD).read_text())["fingerprint"]
+    return versions
+
+
+def check_output(cfg, final: Attempt, killed: list[Attempt], versions: int, context: str):
+    assert final.returncode == EXIT_BLESSED, (context, final.stdout, final.stderr[-20:])
+    pushed = complete_versions(cfg.push_dir)
+    assert len(pushed) == versions, (context, pushed)
+    assert len(set(pushed.values())) == versions, (context, "one version per distinct model")
+    leftovers = [p.name for p in cfg.output_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], (context, "a lock or temporary file outlived its run", leftovers)
+    lines = list_runs(cfg)  # the store is readable
+    table = "\n".join(lines)
+    assert final.run_id in table, (context, table)
+    for k in killed:
+        row = next((line for line in lines if k.run_id and line.startswith(k.run_id)), None)
+        if row is not None:  # it got as far as recording a run before the kill
+            assert "complete" not in row, (context, row)
+    return summarize_run(cfg, 0.0, final.run_id)
+
+
+def test_killed_runs_recover_with_one_version_per_model_and_the_same_metrics(
+    pipeline_run, tmp_path
+):
+    seed = int(os.environ.get("TAILINGS_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    context = f"kill seed {seed} (replay: TAILINGS_KILL_SEED={seed})"
+    _, reference = pipeline_run  # the same tiny run, never interrupted
+    data = tmp_path / "data"
+    make_pairs(data, 14, size=(TILE, TILE))
+    cfg = tiny_config(tmp_path, data)
+
+    # First model: killed twice at increasing points, then run to its end.
+    points = sorted(rng.sample(range(len(FIRST_MODEL_POINTS)), 2))
+    kills = [
+        attempt(tmp_path, data, (FIRST_MODEL_POINTS[i], rng.uniform(0, MAX_DELAY_S)))
+        for i in points
+    ]
+    context += f"; first model killed in {[k.killed_at for k in kills]}"
+    final = attempt(tmp_path, data, None)
+    summary = check_output(cfg, final, [k for k in kills if k.killed_at], 1, context)
+    assert summary.pushed_version == "1"
+    for name, value in reference.metrics.items():
+        assert summary.metrics[name] == pytest.approx(value, abs=1e-6), (context, name)
+
+    # A second model on the same folder: killed once, then run to its end.
+    point = (rng.choice(SECOND_MODEL_POINTS), rng.uniform(0, MAX_DELAY_S))
+    killed = attempt(tmp_path, data, point, "--epochs", "5", "--any-drop")
+    context += f"; second model killed in {killed.killed_at}"
+    final = attempt(tmp_path, data, None, "--epochs", "5", "--any-drop")
+    check_output(cfg, final, [killed] if killed.killed_at else [], 2, context)
