@@ -12,6 +12,7 @@ leftovers (`remove_stale_temps`), never a temporary folder another live push is 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -173,27 +174,46 @@ def push_atomically(model_dir: str, base_dir: str, record: dict) -> tuple[int, b
     """
     remove_stale_temps(base_dir)
     fingerprint = model_fingerprint(model_dir)
-    versions = numeric_versions(base_dir)
-    if versions:
-        latest = os.path.join(base_dir, str(versions[-1]), PUSH_RECORD)
-        if os.path.exists(latest):
-            with open(latest) as fh:
-                if json.load(fh).get("fingerprint") == fingerprint:
-                    return versions[-1], False
+    version, there = _next_version(base_dir, fingerprint)
+    if there:
+        return version, False
     os.makedirs(base_dir, exist_ok=True)
-    version = (versions[-1] + 1) if versions else 1
     temp = os.path.join(base_dir, temp_name())
     try:
         shutil.copytree(model_dir, temp)
         os.makedirs(os.path.join(temp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(temp, PUSH_RECORD), "w") as fh:
-            json.dump({**record, "fingerprint": fingerprint, "version": version}, fh, indent=2)
         write_warmup(temp, os.path.basename(os.path.normpath(base_dir)))
-        os.rename(temp, os.path.join(base_dir, str(version)))
+        while True:
+            with open(os.path.join(temp, PUSH_RECORD), "w") as fh:
+                json.dump({**record, "fingerprint": fingerprint, "version": version}, fh, indent=2)
+            try:
+                os.rename(temp, os.path.join(base_dir, str(version)))
+                return version, True
+            except OSError as err:
+                # Another Pusher (a run with another output folder, same serving folder) took
+                # this number while we copied: rename never replaces a non-empty folder, so
+                # look again and take the next free number (or its version, if same model).
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                version, there = _next_version(base_dir, fingerprint)
+                if there:
+                    return version, False
     finally:
         if os.path.exists(temp):
             shutil.rmtree(temp, ignore_errors=True)
-    return version, True
+
+
+def _next_version(base_dir: str, fingerprint: str) -> tuple[int, bool]:
+    """(the number to push to, False), or (the newest version, True) if it holds this model."""
+    versions = numeric_versions(base_dir)
+    if not versions:
+        return 1, False
+    latest = os.path.join(base_dir, str(versions[-1]), PUSH_RECORD)
+    if os.path.exists(latest):
+        with open(latest) as fh:
+            if json.load(fh).get("fingerprint") == fingerprint:
+                return versions[-1], True
+    return versions[-1] + 1, False
 
 
 class Executor(tfx_pusher_executor.Executor):

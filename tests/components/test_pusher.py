@@ -5,6 +5,7 @@ Owners are real processes started here (one SIGKILLed, one alive), not mocked pi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -185,3 +186,42 @@ def test_a_pusher_run_that_pushes_nothing_still_removes_stale_temps(tmp_path, pr
 
     assert pushed.get_int_custom_property("pushed") == 0
     assert not stale.exists() and os.listdir(base) == []
+
+
+def test_pushers_racing_for_one_folder_each_get_a_complete_version(tmp_path):
+    # Runs with different output folders may share one serving folder: their Pushers pick the
+    # same next version number at the same time. Each must end with its own complete version.
+    import threading
+
+    base = tmp_path / "serving" / "tailings"
+    models = []
+    for i in range(4):
+        model = fake_saved_model(tmp_path / f"model{i}")
+        (model / "variables" / "variables.index").write_bytes(f"weights {i}".encode())
+        # Big enough that each copy takes a while: the pushes overlap between picking a number
+        # and renaming their copy to it.
+        (model / "variables" / "variables.data-00000-of-00001").write_bytes(bytes(20 << 20))
+        models.append(model)
+    start = threading.Barrier(len(models))
+    results: dict[int, tuple[int, bool] | BaseException] = {}
+
+    def push(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = pusher.push_atomically(str(models[i]), str(base), {"run": i})
+        except BaseException as err:  # noqa: BLE001 - the test reports it
+            results[i] = err
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(len(models))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert all(isinstance(r, tuple) and r[1] for r in results.values()), results
+    assert sorted(r[0] for r in results.values()) == [1, 2, 3, 4]
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "3", "4"]
+    for i, (version, _) in results.items():
+        record = json.loads((base / str(version) / pusher.PUSH_RECORD).read_text())
+        assert record["version"] == version and record["run"] == i
+        assert record["fingerprint"] == pusher.model_fingerprint(str(models[i]))
