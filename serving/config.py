@@ -36,10 +36,16 @@ class ServerConfig:
     threads: int = 4
     max_body_bytes: int = 128 * 2**20  # after gzip decoding; 8 tiles of 448^2 as b64 are ~26 MB
     poll_seconds: float = 1.0  # as TF Serving's --file_system_poll_wait_seconds
-    load_retries: int = 5  # as TF Serving's --max_num_load_retries
-    load_retry_seconds: float = 5.0  # between attempts at one failing version
+    # A version that fails to load is retried this many times, this far apart, then given up
+    # (END) until it leaves the disk. TF Serving's defaults, model_servers/server.h:68-69
+    # (2.16.1): max_num_load_retries = 5, load_retry_interval_micros = 1 minute, so 5 minutes.
+    load_retries: int = 5  # --max_num_load_retries
+    load_retry_seconds: float = 60.0  # --load_retry_interval_micros, in seconds
     warmup: bool = True  # replay assets.extra/tf_serving_warmup_requests before AVAILABLE
     unload_wait_seconds: float = 30.0  # an unloading version waits this long for its requests
+    # TF Serving's --rest_api_enable_cors_support (main.cc:103, default false): CORS headers on
+    # every /v1/ response (http_server.cc:183, http_rest_api_util.cc:40 AddCORSHeaders).
+    enable_cors: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -52,6 +58,8 @@ class ServerConfig:
             raise ValueError(f"poll_seconds must be > 0, got {self.poll_seconds}")
         if self.load_retries < 0:
             raise ValueError(f"load_retries must be >= 0, got {self.load_retries}")
+        if self.load_retry_seconds < 0:
+            raise ValueError(f"load_retry_seconds must be >= 0, got {self.load_retry_seconds}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,24 @@ class TFServingConfig:
     poll_seconds: int = 1  # --file_system_poll_wait_seconds
     config_poll_seconds: int = 60  # --model_config_file_poll_wait_seconds
     enable_warmup: bool = True
+    # The same behaviour flags as the embedded server's (ServerConfig), passed under TF Serving's
+    # own names so one `tailings serve` command line means the same on both engines.
+    load_retries: int = 5  # --max_num_load_retries
+    load_retry_seconds: float = 60.0  # --load_retry_interval_micros, in seconds
+    allow_unavailable_labels: bool = False  # --allow_version_labels_for_unavailable_models
+    enable_cors: bool = False  # --rest_api_enable_cors_support
+
+
+# The ground size of the pixels the served models were trained on: the study's Sentinel-2 B2,
+# B3, B4 at 10 m (exported in EPSG:4326 as ~8.93e-5 degree pixels: 9.0-9.4 m wide and 9.9 m tall
+# on the ground). `tailings predict` compares a scene's pixels with it (resolution_warning).
+TRAINING_PIXEL_M = 10.0
+# Silent within 1.25x either way (8-12.5 m): any 10 m product in any CRS and latitude band of
+# the study area (UTM scale 0.9996-1.001; degree exports 9.3 m wide at 21 S, 8.1 m at 35 S).
+# A warning up to 2x (5-20 m: one octave, e.g. Sentinel-2's 20 m bands resampled); beyond 2x
+# refused (60 m bands, the study's broken img_23 at 87 m x 9.9 m) unless --allow-resolution.
+PIXEL_SIZE_WARN_FACTOR = 1.25
+PIXEL_SIZE_REFUSE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,28 @@ NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED = 5, 6, 7, 8
 FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED = 9, 10, 11, 12
 INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED = 13, 14, 15, 16
 
+# tensorflow.error.Code names: the `status` label of TF Serving's request_count metric
+# (servables/tensorflow/util.cc:117 RecordModelRequestCount, error::Code_Name).
+CODE_NAMES = {
+    OK: "OK",
+    CANCELLED: "CANCELLED",
+    UNKNOWN: "UNKNOWN",
+    INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    NOT_FOUND: "NOT_FOUND",
+    ALREADY_EXISTS: "ALREADY_EXISTS",
+    PERMISSION_DENIED: "PERMISSION_DENIED",
+    RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
+    FAILED_PRECONDITION: "FAILED_PRECONDITION",
+    ABORTED: "ABORTED",
+    OUT_OF_RANGE: "OUT_OF_RANGE",
+    UNIMPLEMENTED: "UNIMPLEMENTED",
+    INTERNAL: "INTERNAL",
+    UNAVAILABLE: "UNAVAILABLE",
+    DATA_LOSS: "DATA_LOSS",
+    UNAUTHENTICATED: "UNAUTHENTICATED",
+}
+
 HTTP_STATUS = {
     OK: 200,
     CANCELLED: 499,
@@ -49,6 +71,10 @@ class ServingError(Exception):
     @classmethod
     def unimplemented(cls, message: str) -> ServingError:
         return cls(UNIMPLEMENTED, message)
+
+    @classmethod
+    def failed_precondition(cls, message: str) -> ServingError:
+        return cls(FAILED_PRECONDITION, message)
 
     @classmethod
     def too_large(cls, message: str) -> ServingError:

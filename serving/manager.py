@@ -5,6 +5,12 @@ version policy picks the aspired ones. New aspired versions are loaded (and warm
 versions no longer aspired are unloaded only afterwards, and only while another version stays
 available (TF Serving's AvailabilityPreservingPolicy), after their in-flight requests finish.
 States and errors are kept per version for the status API, as TF Serving's state monitor does.
+
+A version that fails to load is retried `load_retries` times, `load_retry_seconds` apart (TF
+Serving's --max_num_load_retries and --load_retry_interval_micros, 5 x 1 minute by default),
+then shown as END with its error. It is not tried again while it stays on disk; once a poll
+finds it gone (no longer aspired) it is forgotten, and a new copy under the same number loads
+afresh, as TF Serving's AspiredVersionsManager stops managing it (FlushServables).
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ class VersionState:
     attempts: int = 0
     last_attempt: float = 0.0
     servable: Servable | None = None
+    # Left the aspired set while not loaded (END, or waiting for a retry): TF Serving stops
+    # managing such a version (aspired_versions_manager.cc:418-443 FlushServables), so when
+    # the number comes back it is a new servable with fresh retries, not the failed one.
+    forgotten: bool = False
 
 
 def version_dirs(base_path: Path) -> list[int]:
@@ -74,6 +84,7 @@ class ModelManager:
         self._states: dict[str, dict[int, VersionState]] = {name: {} for name in self.entries}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.polls = 0  # completed polls; tests wait on it instead of on the clock
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -102,14 +113,22 @@ class ModelManager:
             for version in aspired:  # newest first: what clients get by default is ready soonest
                 self._maybe_load(entry, version)
             self._unload_unaspired(entry, set(aspired))
+        with self._lock:
+            self.polls += 1
 
     def _maybe_load(self, entry: ModelEntry, version: int) -> None:
         with self._lock:
-            state = self._states[entry.name].setdefault(version, VersionState())
+            states = self._states[entry.name]
+            state = states.setdefault(version, VersionState())
+            if state.forgotten:  # back on disk after it left: load it afresh
+                state = states[version] = VersionState()
             if state.state in (AVAILABLE, UNLOADING):
                 return
             if state.state == END and state.error_code != OK:
-                return  # gave up after the retries (TF Serving: --max_num_load_retries)
+                # Gave up after the retries (TF Serving: --max_num_load_retries) and still on
+                # disk: TF Serving does not retry it either (aspired_versions_manager.cc:320,
+                # enable_reload_servables_with_error is off) until it leaves the aspired set.
+                return
             now = time.monotonic()
             if state.attempts and now - state.last_attempt < self.config.load_retry_seconds:
                 return
@@ -151,8 +170,12 @@ class ModelManager:
                 if state.state == AVAILABLE and may_unload:
                     state.state = UNLOADING
                     doomed.append((version, state))
-                elif state.state == LOADING:  # failing version that left the aspired set
-                    state.state = END
+                elif state.state == LOADING:  # waiting for a retry, and no longer aspired:
+                    # TF Serving cancels the retries (aspired_versions_manager.cc:299) and
+                    # the load ends in error.
+                    state.state, state.forgotten = END, True
+                elif state.state in (START, END):
+                    state.forgotten = True
         for version, state in doomed:
             servable = state.servable
             if servable is not None and not servable.wait_idle(self.config.unload_wait_seconds):
@@ -169,11 +192,17 @@ class ModelManager:
         return entry
 
     def resolve_version(self, name: str, version: int | None, label: str | None) -> int | None:
-        """A label's version (TF Serving: unknown label is INVALID_ARGUMENT), else `version`."""
+        """A label's version, else `version`.
+
+        As TF Serving's ServerCore::GetModelVersionForLabel (server_core.cc:822-841): a label
+        the model does not have, or any label of a model that is not configured, is
+        INVALID_ARGUMENT "Unrecognized servable version label"; the version it names need not
+        be available (a request for it is then NOT_FOUND, as for that version number).
+        """
         if label is None:
             return version
-        entry = self._entry(name, f"Latest({name})")
-        if label not in entry.labels:
+        entry = self.entries.get(name)
+        if entry is None or label not in entry.labels:
             raise ServingError(INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
         return entry.labels[label]
 
@@ -203,8 +232,13 @@ class ModelManager:
     def version_states(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> list[tuple[int, VersionState]]:
-        """(version, state) newest first, for the status API; TF Serving's NOT_FOUND texts."""
-        version = self.resolve_version(name, version, label)
+        """(version, state) newest first, for the status API; TF Serving's NOT_FOUND texts.
+
+        `label` is accepted and ignored, as TF Serving's status API does: it looks only at the
+        model spec's version, so `/labels/<l>` (even a label that does not exist) returns every
+        version (get_model_status_impl.cc:82-107).
+        """
+        del label
         with self._lock:
             states = self._states.get(name, {})
             if version is not None:

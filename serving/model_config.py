@@ -56,6 +56,9 @@ class ModelEntry:
     base_path: Path
     policy: VersionPolicy = VersionPolicy()
     labels: dict[str, int] = field(default_factory=dict)
+    # The config file the entry came from, for errors that must name it (not part of equality:
+    # the same model read from two files is the same model).
+    source: Path | None = field(default=None, compare=False)
 
 
 def check_model_name(name: str, where: str) -> str:
@@ -134,9 +137,35 @@ def load_model_config(path: Path, models_dir: Path) -> list[ModelEntry]:
                 base_path=host_base_path(model.base_path, models_dir, path.parent),
                 policy=_policy(model, where),
                 labels=dict(model.version_labels),
+                source=path,
             )
         )
     return entries
+
+
+def check_version_labels(entries: list[ModelEntry], allow_unavailable: bool) -> None:
+    """Refuse version labels at startup as TF Serving does, so one config acts alike in both.
+
+    TF Serving checks each label against the versions AVAILABLE at that moment and refuses the
+    whole config otherwise (server_core.cc:529-538, UpdateModelVersionLabelMap). It runs that
+    check before it loads any model (server_core.cc:469, before AddModelsViaModelConfigList at
+    :479), so at startup no version is available yet and every label is refused, unless
+    --allow_version_labels_for_unavailable_models (main.cc:109), which then accepts any label
+    on the first config (server_core.cc:515-526: no earlier label to conflict with). Neither
+    engine here reloads its config while running, so the startup rule is the whole rule.
+    """
+    if allow_unavailable:
+        return
+    for entry in entries:
+        for label, version in sorted(entry.labels.items()):
+            where = entry.source if entry.source is not None else "--model-config"
+            raise ModelConfigError(
+                f"{where}: model {entry.name!r}, label {label!r}: Request to assign label to "
+                f"version {version} of model {entry.name}, which is not currently available "
+                "for inference (TF Serving checks labels before it loads any version; pass "
+                "--allow-version-labels-for-unavailable-models to accept them, as TF Serving's "
+                "--allow_version_labels_for_unavailable_models)"
+            )
 
 
 def host_config_text(entries: list[ModelEntry]) -> str:

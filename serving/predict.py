@@ -16,15 +16,22 @@ Both paths send the same batches to the same signature, so they give the same ou
 The scene is processed one strip of windows at a time, so memory stays at a few strips whatever
 the scene's size. Outputs: a uint8 mask (1 tailings, 0 background, 255 no data) and optionally
 float32 probabilities, as Cloud-Optimized GeoTIFFs on the input's grid; optional GeoJSON polygons.
+Hectares are geodesic, on the ellipsoid of the scene's CRS, whatever the CRS (`data.geo`).
+
+`inspect_scene` checks a scene from its header alone (a GeoTIFF, 3 float bands, a CRS, a
+geotransform, pixels near the 10 m the model was trained on), so the CLI refuses bad input in
+well under a second, before TensorFlow and the model load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +48,20 @@ from components.warmup import (
     serving_tile_size,
 )
 from data.errors import TailingsError
-from data.geo import SQUARE_METRES_PER_HECTARE, AreaError, pixel_areas, polygon_area
-from serving.config import PredictConfig
+from data.geo import (
+    SQUARE_METRES_PER_HECTARE,
+    AreaError,
+    area_method,
+    pixel_areas,
+    pixel_size_m,
+    polygon_areas,
+)
+from serving.config import (
+    PIXEL_SIZE_REFUSE_FACTOR,
+    PIXEL_SIZE_WARN_FACTOR,
+    TRAINING_PIXEL_M,
+    PredictConfig,
+)
 
 MASK_NODATA = 255
 BANDS = 3
@@ -69,6 +88,10 @@ def _examples(tiles: np.ndarray) -> list[bytes]:
 def find_version_dir(path: Path) -> Path:
     """A SavedModel folder, or the newest numeric version under a model base path."""
     path = Path(path)
+    if not path.is_dir():
+        raise PredictError(
+            f"--model {path}: " + ("not a folder" if path.exists() else "no such folder")
+        )
     if (path / "saved_model.pb").is_file():
         return path
     if path.is_dir():
@@ -122,9 +145,9 @@ class RemoteModel:
 
     @classmethod
     def connect(cls, url: str, model_name: str, timeout: float) -> RemoteModel:
-        from serving.client import RestClient, ServerError
+        from serving.client import ServerError, make_client
 
-        client = RestClient(url, model_name, timeout=timeout)
+        client = make_client(url, model_name, timeout=timeout)  # grpc://... or http://...
         try:
             tile = serving_tile_size(client.signature_defs(), where=client.model_url)
         except (ServerError, WarmupError) as err:
@@ -192,34 +215,116 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 # --------------------------------------------------------------------------- input checks
-def open_scene(path: Path):
-    """Open and check a scene: a GeoTIFF with 3 float bands (B2, B3, B4) and a CRS."""
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the header of a scene that passed `inspect_scene` says (no pixel was read)."""
+
+    path: Path
+    width: int
+    height: int
+    crs: object  # rasterio CRS
+    transform: object  # affine.Affine
+    pixel_m: tuple[float, float]  # ground size of a pixel: along a row, down a column
+
+    def describe_pixels(self) -> str:
+        return f"{self.pixel_m[0]:.1f} m x {self.pixel_m[1]:.1f} m"
+
+
+def _open_checked(path: Path):
+    """Open `path` and check its header: a GeoTIFF with 3 float bands (B2, B3, B4), a CRS and
+    a geotransform. Returns the open dataset; raises PredictError naming the file otherwise.
+
+    rasterio's own warnings (NotGeoreferencedWarning for a file without a geotransform, such as
+    a PNG) would print as extra stderr lines; they are caught here, and what they meant is said
+    once, in our words, by the checks below."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PredictError(f"{path}: no such file")
-    try:
-        src = rasterio.open(path)
-    except RasterioIOError as err:
-        raise PredictError(f"{path}: not a GeoTIFF rasterio can read ({err})") from None
-    problem = None
-    if src.driver != "GTiff":
-        problem = f"is a {src.driver} raster, not a GeoTIFF"
-    elif src.count != BANDS:
-        problem = f"has {src.count} band(s); the model needs {BANDS}: B2, B3, B4 reflectance"
-    elif not np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
-        problem = (
-            f"has {src.dtypes[0]} pixels; the model needs float reflectance "
-            "(Sentinel-2 L1C digital numbers / 10000)"
-        )
-    elif src.crs is None:
-        problem = "has no CRS, so the mask could not be placed on the ground"
+    if not path.is_file():
+        raise PredictError(f"{path}: not a file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            src = rasterio.open(path)
+        except RasterioIOError as err:
+            raise PredictError(f"{path}: not a GeoTIFF rasterio can read ({err})") from None
+        problem = None
+        if src.driver != "GTiff":
+            problem = f"is a {src.driver} raster, not a GeoTIFF"
+        elif src.count != BANDS:
+            problem = f"has {src.count} band(s); the model needs {BANDS}: B2, B3, B4 reflectance"
+        elif not np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+            problem = (
+                f"has {src.dtypes[0]} pixels; the model needs float reflectance "
+                "(Sentinel-2 L1C digital numbers / 10000)"
+            )
+        elif src.transform.is_identity and src.gcps[0]:
+            problem = (
+                "is placed on the ground by control points (GCPs), not a geotransform; "
+                "warp it onto a grid first (gdalwarp)"
+            )
+        elif src.crs is None:
+            problem = "has no CRS, so the mask could not be placed on the ground"
+        elif src.transform.is_identity or src.transform.determinant == 0.0:
+            problem = "has no geotransform, so the mask could not be placed on the ground"
     if problem:
         src.close()
         raise PredictError(f"{path}: {problem}")
     return src
+
+
+def inspect_scene(path: Path) -> SceneInfo:
+    """Check a scene from its header alone, before any model is loaded: the checks of
+    `open_scene`, and the ground size of its pixels (geodesic, on its CRS's ellipsoid)."""
+    src = _open_checked(path)
+    try:
+        try:
+            pixel_m = pixel_size_m(src.transform, src.crs, src.height, src.width)
+        except AreaError as err:
+            raise PredictError(f"{path}: {err}") from None
+        return SceneInfo(Path(path), src.width, src.height, src.crs, src.transform, pixel_m)
+    finally:
+        src.close()
+
+
+def open_scene(path: Path):
+    """Open and check a scene (see `_open_checked`); the caller closes it."""
+    return _open_checked(path)
+
+
+RESOLUTION_SLACK = 0.005
+
+
+def resolution_warning(info: SceneInfo, allow: bool = False) -> str | None:
+    """None when the scene's pixels are close to the model's TRAINING_PIXEL_M (10 m) both ways.
+
+    Within PIXEL_SIZE_WARN_FACTOR either way: silent. Beyond it, up to PIXEL_SIZE_REFUSE_FACTOR:
+    the warning to print. Beyond that: PredictError (exit 1), or with `allow` (the CLI's
+    --allow-resolution) the warning instead. The model saw every facility at 10 m; at another
+    scale a facility and its texture cover a different number of pixels than it learned, and
+    the default training (flips, rotations, colour gain/offset; zoom off) never showed it one.
+    Both axes count: the study's img_23 is 87 m wide and 9.9 m tall per pixel."""
+    ratios = [size / TRAINING_PIXEL_M for size in info.pixel_m]
+    # On the ground a pixel is not quite its nominal size (UTM's scale factor: a 20 m product
+    # is 20.006 m at 100 km from the central meridian): 0.5 % of slack on both bounds.
+    worst = max(max(r, 1.0 / r) for r in ratios) / (1.0 + RESOLUTION_SLACK)
+    if worst <= PIXEL_SIZE_WARN_FACTOR:
+        return None
+    low = TRAINING_PIXEL_M / PIXEL_SIZE_REFUSE_FACTOR
+    high = TRAINING_PIXEL_M * PIXEL_SIZE_REFUSE_FACTOR
+    said = (
+        f"{info.path}: pixels are {info.describe_pixels()} on the ground; the model was trained "
+        f"on {TRAINING_PIXEL_M:g} m pixels"
+    )
+    if worst > PIXEL_SIZE_REFUSE_FACTOR and not allow:
+        raise PredictError(
+            f"{said} and takes {low:g}-{high:g} m; resample the scene to {TRAINING_PIXEL_M:g} m "
+            "(or pass --allow-resolution to predict anyway)"
+        )
+    return f"{said}, so its answers here may be worse"
 
 
 # --------------------------------------------------------------------------- outputs
@@ -241,6 +346,7 @@ class SceneResult:
     polygons: int | None = None
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    area_method: str = ""  # data.geo.area_method: 'geodesic, on the WGS 84 ellipsoid'
 
     @property
     def tailings_ha(self) -> float:
@@ -254,6 +360,8 @@ class SceneResult:
             f"tailings: {self.tailings_pixels} pixels, {self.tailings_ha:.2f} ha "
             f"({share:.2f} % of {self.valid_m2 / SQUARE_METRES_PER_HECTARE:.2f} ha with data)",
         ]
+        if self.area_method:
+            out.append(f"areas: {self.area_method}")
         if self.polygons is not None:
             out.append(f"polygons: {self.polygons}")
         out += [f"wrote {path}" for path in self.outputs]
@@ -362,7 +470,11 @@ class _Output:
 
 
 def write_polygons(mask_path: Path, out: Path) -> int:
-    """GeoJSON (RFC 7946: WGS 84 lon/lat) of the tailings areas, each with its area in ha."""
+    """GeoJSON (RFC 7946: WGS 84 lon/lat) of the tailings areas, each with its area in ha.
+
+    Areas are geodesic on the scene CRS's ellipsoid (`data.geo`), from the polygons in the
+    scene's CRS with their edges followed pixel by pixel (`max_segment`), so they add up to the
+    printed tailings hectares; each feature says so in `area_method`."""
     import rasterio
     from rasterio.features import shapes
     from rasterio.warp import transform_geom
@@ -370,18 +482,30 @@ def write_polygons(mask_path: Path, out: Path) -> int:
     with rasterio.open(mask_path) as src:
         mask = src.read(1)
         crs, transform = src.crs, src.transform
+    geometries = [
+        geometry
+        for geometry, _value in shapes(mask, mask=mask == 1, transform=transform, connectivity=4)
+    ]
+    pixel_side = min(math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e))
+    try:
+        areas = polygon_areas(geometries, crs, max_segment=pixel_side)
+    except AreaError as err:
+        raise PredictError(f"{mask_path}: {err}") from None
+    method = area_method(crs)
     features = []
     reproject = crs.to_epsg() != 4326
-    for geometry, _value in shapes(mask, mask=mask == 1, transform=transform, connectivity=4):
-        area_ha = polygon_area(geometry, crs) / SQUARE_METRES_PER_HECTARE
+    for index, (geometry, area) in enumerate(zip(geometries, areas, strict=True), start=1):
         if reproject:
             geometry = transform_geom(crs, WGS84, geometry)
-        index = len(features) + 1
         features.append(
             {
                 "type": "Feature",
                 "id": index,
-                "properties": {"id": index, "area_ha": round(area_ha, 6)},
+                "properties": {
+                    "id": index,
+                    "area_ha": round(area / SQUARE_METRES_PER_HECTARE, 6),
+                    "area_method": method,
+                },
                 "geometry": geometry,
             }
         )
@@ -444,11 +568,18 @@ def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) 
     cols = window_starts(width, tile, cfg.stride)
     padded_width = max(width, tile)
     weight = blend_weights(tile, cfg.overlap)
-    try:
-        areas = pixel_areas(src.transform, src.crs, height, width)
-    except AreaError as err:
-        raise PredictError(f"{scene}: {err}") from None
+
+    def strip_areas(top: int, bottom: int) -> np.ndarray:
+        """Ground areas (m^2) of rows top..bottom-1, strip by strip: a scene's corners in
+        longitude/latitude would not fit in memory for a whole Sentinel-2 tile."""
+        try:
+            return pixel_areas(src.transform, src.crs, height, width, rows=(top, bottom))
+        except AreaError as err:
+            raise PredictError(f"{scene}: {err}") from None
+
+    strip_areas(0, min(1, height))  # a CRS with no ground areas fails before the model runs
     result = SceneResult(str(scene), model.source, height, width, len(rows) * len(cols))
+    result.area_method = area_method(src.crs)
     say(
         f"{scene}: {width} x {height} pixels, {_count(result.windows, 'window')} of {tile} "
         f"(overlap {cfg.overlap}), model {model.source}"
@@ -468,7 +599,13 @@ def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) 
     nodata = src.nodata
     for k, top in enumerate(rows):
         h = min(tile, height - top)
-        pixels = src.read(window=Window(0, top, width, h), out_dtype="float32")
+        try:
+            pixels = src.read(window=Window(0, top, width, h), out_dtype="float32")
+        except Exception as err:  # noqa: BLE001 - GDAL's errors are not all OSErrors
+            cause = err.__cause__ or err  # rasterio: "Read failed. See previous exception"
+            raise PredictError(
+                f"{scene}: cannot read rows {top}..{top + h - 1} ({cause}); is the file complete?"
+            ) from None
         valid = np.all(np.isfinite(pixels), axis=0)
         if nodata is not None and not np.isnan(nodata):
             valid &= ~np.any(pixels == nodata, axis=0)
@@ -491,7 +628,7 @@ def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) 
         if prob_out is not None:
             prob_out.write(np.where(ok, probability, np.nan).astype(np.float32), top)
 
-        row_areas = areas[top:bottom] if areas.shape[1] == 1 else areas[top:bottom, :width]
+        row_areas = strip_areas(top, bottom)
         result.tailings_pixels += int(tailings.sum())
         result.valid_pixels += int(ok.sum())
         result.tailings_m2 += float((tailings * row_areas).sum())

@@ -255,6 +255,143 @@ def _columnar_inputs(value: Any, infos: dict, names: list[str]) -> dict:
     return arrays
 
 
+# --------------------------------------------------------------------------- classify, regress
+# Request JSON: util/json_tensor.cc:765-808 (FillClassifyRegressRequestFromJson), features
+# :653-762 (AddValueToFeature, MakeExampleFromJsonObject). Signature checks, with TF Serving's
+# default --enable_signature_method_name_check=false (server.h:102): classifier.cc:151-215,
+# regressor.cc:146-205. All are INVALID_ARGUMENT (400).
+CLASSIFY_INPUTS = "inputs"  # tensorflow/cc/saved_model/signature_constants.h
+CLASSIFY_CLASSES, CLASSIFY_SCORES = "classes", "scores"
+REGRESS_INPUTS, REGRESS_OUTPUTS = "inputs", "outputs"
+_INT64_MAX, _UINT64_MAX = 2**63 - 1, 2**64 - 1
+
+
+def _json_type(value: Any) -> str:
+    """rapidjson's type names, as TF Serving's JsonTypeString (json_tensor.cc:91)."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    return "String" if isinstance(value, str) else "Number"
+
+
+def _feature_value_kind(name: str, value: Any) -> str:
+    """The tf.train.Feature list one JSON value of a feature goes into, or TF Serving's error."""
+    if isinstance(value, bool):
+        return "int64"
+    if isinstance(value, str):
+        return "bytes"
+    if _is_b64(value):
+        return "bytes"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, int):
+        if _INT64_MAX < value <= _UINT64_MAX:
+            raise ServingError.invalid_argument(
+                f"Feature: {name} has uint64_t element. Only int64_t is supported."
+            )
+        return "int64" if value <= _INT64_MAX else "float"  # rapidjson: a double beyond u64
+    raise ServingError.invalid_argument(
+        f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}"
+    )
+
+
+def _check_example(value: Any) -> None:
+    """One JSON object as a tf.Example: every feature's values of one kind."""
+    if not isinstance(value, dict):
+        raise ServingError.invalid_argument(
+            f"Example must be JSON object but got JSON {_json_type(value)}"
+        )
+    for name, content in value.items():
+        kind = ""
+        for item in content if isinstance(content, list) else [content]:
+            item_kind = _feature_value_kind(name, item)
+            if kind and item_kind != kind:
+                raise ServingError.invalid_argument(
+                    f"Unexpected element type in feature: {name} expecting type: {kind}"
+                )
+            if _is_b64(item):  # decoded after the kind check, as json_tensor.cc:703-707
+                _decode_b64(item)
+            kind = item_kind
+
+
+def check_examples(doc: dict) -> int:
+    """The `context` and `examples` of a :classify / :regress request; the example count."""
+    if "context" in doc:
+        _check_example(doc["context"])
+    if "examples" not in doc:
+        # The text says "classify" for :regress too: one template serves both (json_tensor.cc:785).
+        raise ServingError.invalid_argument(
+            f"JSON Value: {_show(doc)} When method is classify, key 'examples' is expected and "
+            "was not found"
+        )
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise ServingError.invalid_argument(
+            f"JSON Value: {_show(doc)} Expecting 'examples' value to be an list/array"
+        )
+    if not examples:
+        raise ServingError.invalid_argument(
+            f"JSON Value: {_show(doc)} 'examples' value is an empty array"
+        )
+    for example in examples:
+        _check_example(example)
+    return len(examples)
+
+
+def _debug_string(signature: Any) -> str:
+    """A SignatureDef as C++ DebugString() prints it: the text format."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(signature)
+
+
+def check_classify_regress_signature(
+    api: str, signature_defs: dict[str, Any], signature_name: str
+) -> Any:
+    """The SignatureDef a :classify / :regress request names, if it is one such a request can
+    run; else TF Serving's INVALID_ARGUMENT for it (a predict-only signature is refused)."""
+    signature = signature_defs.get(signature_name)
+    if signature is None:
+        raise ServingError.invalid_argument(
+            f"No signature was found with the name: {signature_name}"
+        )
+    inputs, outputs = signature.inputs, signature.outputs
+    if len(inputs) != 1:
+        raise ServingError.invalid_argument("Expected one input Tensor.")
+    if api == "classify":
+        if len(outputs) not in (1, 2):
+            raise ServingError.invalid_argument(
+                f"Expected one or two output Tensors, found {len(outputs)}"
+            )
+        if CLASSIFY_INPUTS not in inputs:
+            raise ServingError.invalid_argument(
+                f"No classification inputs found in SignatureDef: {_debug_string(signature)}"
+            )
+        if CLASSIFY_CLASSES not in outputs and CLASSIFY_SCORES not in outputs:
+            raise ServingError.invalid_argument(
+                "Expected classification signature outputs to contain at least one of "
+                f'"{CLASSIFY_CLASSES}" or "{CLASSIFY_SCORES}". Signature was: '
+                f"{_debug_string(signature)}"
+            )
+        return signature
+    if len(outputs) != 1:
+        raise ServingError.invalid_argument("Expected one output Tensor.")
+    if REGRESS_INPUTS not in inputs:
+        raise ServingError.invalid_argument(
+            f"No regression inputs found in SignatureDef: {_debug_string(signature)}"
+        )
+    if REGRESS_OUTPUTS not in outputs:
+        raise ServingError.invalid_argument(
+            f"No regression outputs found in SignatureDef: {_debug_string(signature)}"
+        )
+    return signature
+
+
 # --------------------------------------------------------------------------- responses
 def _jsonable(name: str, array: np.ndarray) -> Any:
     """A string tensor as nested lists: b64 objects for `*_bytes` aliases, else text."""

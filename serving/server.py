@@ -9,17 +9,21 @@ Routes (case-insensitive, as TF Serving's regexes):
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model status
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    predictions
+    POST ...:classify, ...:regress                               checked as TF Serving does
+    OPTIONS /v1/...                                              CORS preflight, as TF Serving
     GET  /monitoring/prometheus/metrics                          request counts and latencies
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import gc
 import http
 import logging
 import re
+import sys
 import threading
 import time
 import zlib
@@ -36,7 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from serving import rest
 from serving.config import METRICS_PATH, ServerConfig
-from serving.errors import ServingError
+from serving.errors import CODE_NAMES, FAILED_PRECONDITION, INTERNAL, OK, ServingError
 from serving.manager import ModelManager
 from serving.model_config import ModelEntry
 
@@ -55,6 +59,35 @@ INT64_MAX = 2**63 - 1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 JSON_TYPE = "application/json"
 BODY_CHUNK_BYTES = 1 << 20  # tiles are MBs: read them in few chunks (Tornado's default: 64 KiB)
+# The APIs TF Serving's REST handler dispatches on, the `API` label of its latency metric.
+MODEL_APIS = ("classify", "regress", "predict")
+# An OPTIONS request is a CORS preflight when its Origin has a scheme (http_server.cc:171-172).
+PREFLIGHT_ORIGIN_RE = re.compile(r"https?://")
+# http_rest_api_util.cc:40-44 AddCORSHeaders (with --rest_api_enable_cors_support).
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
+
+# TF Serving's request metrics (servables/tensorflow/util.cc:66-89): names as its Prometheus
+# exporter writes them ('/' -> ':', util/prometheus_exporter.cc:53-63), in microseconds, with
+# buckets Buckets::Exponential(10, 1.8, 33): 10 us x 1.8^i for i < 33 (~25 min), then +Inf.
+TFS_REQUEST_COUNT = ":tensorflow:serving:request_count"
+TFS_REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+TFS_RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
+
+
+def _exponential_limits(scale: float, growth: float, count: int) -> tuple[float, ...]:
+    """Bucket upper limits as TensorFlow computes them (a running product, not a power)."""
+    limits, bound = [], scale
+    for _ in range(count):
+        limits.append(bound)
+        bound *= growth
+    return tuple(limits)
+
+
+TFS_LATENCY_LIMITS = _exponential_limits(10.0, 1.8, 33)
 
 
 @dataclass
@@ -63,15 +96,116 @@ class Reply:
     body: bytes
     api: str = "other"
     model: str = ""
-    content_type: str = JSON_TYPE
+    content_type: str | None = JSON_TYPE  # None: no body, no Content-Type (TF Serving's OPTIONS)
+    code: int = OK  # the TF Serving status code behind `status`, for request_count
+
+
+def _number(value: float) -> str:
+    """A double as absl::StrCat writes it (six significant digits), as TF Serving's page does."""
+    return f"{value:.6g}"
+
+
+def _escape(value: str) -> str:
+    """A label value escaped as prometheus_exporter.cc:32-40 does: backslash, double quote."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """`name="value",...` in the order the metric declares its labels."""
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+
+
+class _TFHistogram:
+    """A TensorFlow monitoring Sampler cell: a value lands in the first bucket whose limit is
+    above it (tsl Histogram::Add, std::upper_bound), the last bucket running to DBL_MAX."""
+
+    def __init__(self, limits: tuple[float, ...]) -> None:
+        self.limits = limits
+        self.buckets = [0] * (len(limits) + 1)
+        self.sum = 0.0
+
+    def add(self, value: float) -> None:
+        self.buckets[bisect.bisect_right(self.limits, value)] += 1
+        self.sum += value
+
+
+class TFServingMetrics:
+    """TF Serving's request_count, request_latency and runtime_latency, written as its
+    Prometheus exporter writes them, so dashboards built on TF Serving work on this server.
+
+    util/prometheus_exporter.cc:65-140: `# TYPE` lines and no `# HELP`; a counter keeps its
+    name (no `_total`); histogram buckets are cumulative with `le` last among the labels, the
+    last one `+Inf`; sums are printed with six significant digits.
+    """
+
+    COUNT_LABELS = ("model_name", "status")
+    LATENCY_LABELS = ("model_name", "API", "entrypoint")
+    RUNTIME_LABELS = ("model_name", "API", "runtime")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, ...], int] = {}
+        self._latency: dict[tuple[str, ...], _TFHistogram] = {}
+        self._runtime: dict[tuple[str, ...], _TFHistogram] = {}
+
+    def request(self, model: str, code: int, api: str, micros: int, entrypoint: str) -> None:
+        """One request: counted whatever its outcome; its latency only if it succeeded.
+
+        http_server.cc:194-201 (REST; gRPC: prediction_service_impl.cc:53-59): latency is
+        recorded for OK only, the count for every status.
+        """
+        with self._lock:
+            key = (model, CODE_NAMES.get(code, "UNKNOWN"))
+            self._counts[key] = self._counts.get(key, 0) + 1
+            if code == OK:
+                cell = (model, api, entrypoint)
+                self._latency.setdefault(cell, _TFHistogram(TFS_LATENCY_LIMITS)).add(micros)
+
+    def runtime(self, model: str, api: str, micros: int) -> None:
+        """Time inside the model of a successful call: predict_util.cc:108-113 records it
+        around Session::Run with runtime="TF1", the label TF Serving gives this model."""
+        with self._lock:
+            cell = (model, api, "TF1")
+            self._runtime.setdefault(cell, _TFHistogram(TFS_LATENCY_LIMITS)).add(micros)
+
+    def page(self) -> str:
+        """The three metrics in TF Serving's order (by name) and format."""
+        with self._lock:
+            lines = [f"# TYPE {TFS_REQUEST_COUNT} counter"]
+            for key in sorted(self._counts):
+                lines.append(
+                    f"{TFS_REQUEST_COUNT}{{{_labels(self.COUNT_LABELS, key)}}} {self._counts[key]}"
+                )
+            lines += self._histogram(TFS_REQUEST_LATENCY, self.LATENCY_LABELS, self._latency)
+            lines += self._histogram(TFS_RUNTIME_LATENCY, self.RUNTIME_LABELS, self._runtime)
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _histogram(
+        name: str, label_names: tuple[str, ...], cells: dict[tuple[str, ...], _TFHistogram]
+    ) -> list[str]:
+        lines = [f"# TYPE {name} histogram"]
+        for key in sorted(cells):
+            cell, labels = cells[key], _labels(label_names, key)
+            cumulative = 0
+            for i, count in enumerate(cell.buckets):
+                cumulative += count
+                le = _number(cell.limits[i]) if i < len(cell.limits) else "+Inf"
+                lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
+            lines.append(f"{name}_sum{{{labels}}} {_number(cell.sum)}")
+            lines.append(f"{name}_count{{{labels}}} {cumulative}")
+        return lines
 
 
 class Metrics:
-    """Prometheus metrics of one server (own registry, so several servers can coexist)."""
+    """Prometheus metrics of one server (own registry, so several servers can coexist):
+    TF Serving's three (`:tensorflow:serving:*`, microseconds) and, beside them, this
+    project's `tailings_serving_*` (seconds, HTTP status codes), which benchmarks read."""
 
     def __init__(self, model_names: list[str]) -> None:
         self.registry = CollectorRegistry()
         self.known = set(model_names)
+        self.tfserving = TFServingMetrics()
         self.requests = Counter(
             "tailings_serving_requests",
             "REST requests by model, API and HTTP status",
@@ -98,12 +232,22 @@ class Metrics:
         return model if model in self.known else ""
 
     def observe(self, reply: Reply, seconds: float) -> None:
+        """One REST request under /v1/ (TF Serving counts exactly those, http_server.cc:141)."""
         model = self.label(reply.model)
         self.requests.labels(model, reply.api, str(reply.status)).inc()
         self.latency.labels(model, reply.api).observe(seconds)
+        # TF Serving's API label is the method of a POST (":predict" -> "predict"), and empty
+        # for status and metadata (http_rest_api_util.cc:99-107 ParseModelInfo).
+        api = reply.api if reply.api in MODEL_APIS else ""
+        self.tfserving.request(model, reply.code, api, round(seconds * 1e6), "REST")
+
+    def observe_model(self, model: str, signature: str, seconds: float) -> None:
+        """Time inside the model call of a successful predict request."""
+        self.model_time.labels(self.label(model), signature).observe(seconds)
+        self.tfserving.runtime(self.label(model), "Predict", round(seconds * 1e6))
 
     def page(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.tfserving.page().encode()
 
 
 class RestApi:
@@ -133,10 +277,23 @@ class RestApi:
                 return Reply(200, rest.status_body(states), api, model)
             raise ServingError.invalid_argument(f"Malformed request: {method} {path}")
         except ServingError as err:
-            return Reply(err.http_status, rest.error_body(err.message), api, model)
+            return Reply(err.http_status, rest.error_body(err.message), api, model, code=err.code)
         except Exception as err:  # a bug, not bad input: 500, still in TF Serving's format
             log.exception("request %s %s failed", method, path)
-            return Reply(500, rest.error_body(f"Internal: {type(err).__name__}: {err}"), api, model)
+            message = rest.error_body(f"Internal: {type(err).__name__}: {err}")
+            return Reply(500, message, api, model, code=INTERNAL)
+
+    @staticmethod
+    def preflight(origin: str) -> Reply:
+        """OPTIONS on /v1/...: TF Serving's CORS preflight (http_server.cc:170-177).
+
+        OK when the Origin header has an http(s) scheme, else FAILED_PRECONDITION "Origin header
+        is missing in CORS preflight" (400); either way the body is empty, as TF Serving writes
+        only the handler's output, which an OPTIONS request never reaches.
+        """
+        if PREFLIGHT_ORIGIN_RE.search(origin):
+            return Reply(200, b"", "options", content_type=None)
+        return Reply(400, b"", "options", content_type=None, code=FAILED_PRECONDITION)
 
     @staticmethod
     def _model_spec(match: re.Match) -> tuple[str, int | None, str | None]:
@@ -155,9 +312,7 @@ class RestApi:
         self, api: str, name: str, version: int | None, label: str | None, body: bytes
     ) -> bytes:
         if api != "predict":
-            raise ServingError.unimplemented(
-                f"{api} is not implemented by the embedded server; use :predict"
-            )
+            self._classify_or_regress(api, name, version, label, body)
         with gc_paused():
             doc = rest.parse_json(body)
         signature = rest.signature_name(doc)
@@ -167,10 +322,29 @@ class RestApi:
             del doc  # the nested lists of a JSON-numbers request: freed by refcount, now
             started = time.perf_counter()
             outputs = servable.run(signature, arrays)
-            self.metrics.model_time.labels(self.metrics.label(name), signature).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.observe_model(name, signature, time.perf_counter() - started)
         return rest.predict_response(outputs, row_format)
+
+    def _classify_or_regress(
+        self, api: str, name: str, version: int | None, label: str | None, body: bytes
+    ) -> None:
+        """TF Serving's checks of a :classify / :regress request, in its order: the JSON
+        (json_tensor.cc:765-808), then the model (classification_service.cc:52-53: 404 for an
+        unknown model or version), then the signature (classifier.cc:151-215, regressor.cc:
+        146-205: 400 for a predict-only one, such as every signature our pipeline exports).
+
+        A signature that passes would be run by TF Serving; the embedded server does not run
+        classification or regression, and says so (UNIMPLEMENTED, 501).
+        """
+        doc = rest.parse_json(body)
+        signature = rest.signature_name(doc)
+        rest.check_examples(doc)
+        with self.manager.servable(name, version, label) as servable:
+            rest.check_classify_regress_signature(api, servable.signature_defs, signature)
+        raise ServingError.unimplemented(
+            f"signature {signature!r} is a {api} signature, which TF Serving would run; the "
+            "embedded server runs :predict only (serve this model with --engine tfserving)"
+        )
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
         with self.manager.servable(name, version, label) as servable:
@@ -228,54 +402,94 @@ def _reason(status: int) -> str:
         return "Client Closed Request"
 
 
+def _model_in(path: str) -> str:
+    """The model name a /v1/ path names, or "" (for the metrics of a request refused early)."""
+    match = PREDICT_RE.fullmatch(path) or STATUS_RE.fullmatch(path)
+    return unquote(match.group(1)) if match and match.group(1) else ""
+
+
 @tornado.web.stream_request_body
 class RestHandler(tornado.web.RequestHandler):
-    """Collects the body (bounded), runs the request in the worker pool, writes the reply."""
+    """Collects the body (bounded), runs the request in the worker pool, writes the reply.
+
+    A body over the limit is never kept: it is read and dropped, and the answer is 413 with
+    the size in the message; Tornado's own size limit is out of the way, so the client gets
+    that JSON and not Tornado's empty 400 whatever the size. (TF Serving has no limit: it
+    reads every body whole into memory, http_server.cc:154-160.) A client that waits for
+    "100 Continue" before sending an over-limit body gets the 413 at once instead, and the
+    connection is closed rather than the body read.
+    """
 
     def initialize(self, server: EmbeddedServer) -> None:
         self.server = server
         self.limit = server.config.max_body_bytes
         self.chunks: list[bytes] = []
-        self.size = 0
+        self.received = 0  # body bytes read so far
+        self.declared: int | None = None  # Content-Length, if given
+        self.too_large = False
 
     def prepare(self) -> None:
         self.started = time.perf_counter()
         length = self.request.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.limit:
-            self.size = int(length)  # over the limit: the body is read and dropped
+        self.declared = int(length) if length.isdigit() else None
+        if self.declared is not None and self.declared > self.limit:
+            self.too_large = True
+            if self.request.headers.get("Expect", "").lower() == "100-continue":
+                self._reply(self._too_large_reply())  # before Tornado says "100 Continue"
 
     def data_received(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size <= self.limit:
-            self.chunks.append(chunk)
-        else:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.too_large = True
+        if self.too_large:
             self.chunks.clear()
+        else:
+            self.chunks.append(chunk)
+
+    def _too_large_reply(self) -> Reply:
+        size = self.declared if self.declared is not None else self.received
+        err = ServingError.too_large(
+            f"Request body of {size} bytes is over the server's limit of {self.limit}"
+        )
+        model = _model_in(self.request.path)
+        return Reply(413, rest.error_body(err.message), model=model, code=err.code)
 
     async def _serve(self) -> None:
         method, path = self.request.method or "", self.request.path
-        if self.size > self.limit:
-            message = (
-                f"Request body of {self.size} bytes is over the server's limit of {self.limit}"
-            )
-            reply = Reply(413, rest.error_body(message))
+        if self.too_large:
+            reply = self._too_large_reply()
         else:
             reply = await asyncio.get_running_loop().run_in_executor(
                 self.server.executor, self._work, method, path, b"".join(self.chunks)
             )
+        self._reply(reply)
+
+    def _reply(self, reply: Reply) -> None:
         self.server.metrics.observe(reply, time.perf_counter() - self.started)
         self.set_status(reply.status, reason=_reason(reply.status))
-        self.set_header("Content-Type", reply.content_type)
+        if reply.content_type is None:
+            self.clear_header("Content-Type")
+        else:
+            self.set_header("Content-Type", reply.content_type)
+        if self.server.config.enable_cors:
+            for name, value in CORS_HEADERS:
+                self.set_header(name, value)
         self.finish(reply.body)
 
     def _work(self, method: str, path: str, body: bytes) -> Reply:
+        if method == "OPTIONS":
+            return self.server.api.preflight(self.request.headers.get("Origin", ""))
         if self.request.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
                 body = gunzip(body, self.limit)
             except ServingError as err:
-                return Reply(err.http_status, rest.error_body(err.message))
+                return Reply(err.http_status, rest.error_body(err.message), code=err.code)
         return self.server.api.dispatch(method, path, body)
 
-    get = post = put = delete = patch = _serve  # others get TF Serving's "Malformed request"
+    # Every method TF Serving's HTTP server accepts (evhttp_server.cc:112-117) reaches its
+    # handler: OPTIONS is the CORS preflight, GET and POST the API, the others get TF Serving's
+    # "Malformed request" 400 (HEAD without its body, as HTTP has it).
+    get = post = put = delete = patch = head = options = _serve
 
 
 class MetricsHandler(tornado.web.RequestHandler):
@@ -304,6 +518,7 @@ class EmbeddedServer:
         config: ServerConfig | None = None,
         say: Callable[[str], None] = log.info,
         manager: ModelManager | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         self.say = say
@@ -315,6 +530,13 @@ class EmbeddedServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.grpc = None  # TF Serving's gRPC API on the same manager; grpc_port None: REST only
+        if grpc_port is not None:
+            from serving.grpc_api import GrpcServer  # imports TensorFlow (its protos): only here
+
+            self.grpc = GrpcServer(
+                self.manager, self.config.host, grpc_port, self.config.threads, self.metrics
+            )
 
     @property
     def url(self) -> str:
@@ -343,21 +565,23 @@ class EmbeddedServer:
         sockets = tornado.netutil.bind_sockets(self.config.port, address=self.config.host)
         self.port = sockets[0].getsockname()[1]
         try:
+            if self.grpc is not None:
+                self.grpc.bind()
             self.manager.start()
         except BaseException:
             for sock in sockets:
                 sock.close()
+            if self.grpc is not None:
+                self.grpc.stop(0)
             raise
         ready = threading.Event()
 
         def run() -> None:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
-            # Room to read (and drop) a body somewhat over the limit, so the client gets the
-            # 413 with its message instead of a reset connection; far beyond, Tornado hangs up.
             self._http = tornado.httpserver.HTTPServer(
                 self.application(),
-                max_body_size=2 * self.config.max_body_bytes,
+                max_body_size=sys.maxsize,  # RestHandler enforces the limit, with a 413
                 chunk_size=BODY_CHUNK_BYTES,
             )
             self._http.add_sockets(sockets)
@@ -368,8 +592,12 @@ class EmbeddedServer:
         self._thread = threading.Thread(target=run, name="rest-server", daemon=True)
         self._thread.start()
         ready.wait()
+        if self.grpc is not None:
+            self.grpc.start()
 
     def stop(self) -> None:
+        if self.grpc is not None:
+            self.grpc.stop()
         if self._loop is not None and self._http is not None:
 
             async def shutdown() -> None:

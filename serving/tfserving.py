@@ -50,6 +50,10 @@ def command(binary: str, cfg: TFServingConfig, config_file: Path, monitoring_fil
         f"--file_system_poll_wait_seconds={cfg.poll_seconds}",
         f"--enable_model_warmup={'true' if cfg.enable_warmup else 'false'}",
         f"--monitoring_config_file={monitoring_file}",
+        f"--max_num_load_retries={cfg.load_retries}",
+        f"--load_retry_interval_micros={round(cfg.load_retry_seconds * 1e6)}",
+        f"--allow_version_labels_for_unavailable_models={str(cfg.allow_unavailable_labels).lower()}",
+        f"--rest_api_enable_cors_support={str(cfg.enable_cors).lower()}",
     ]
 
 

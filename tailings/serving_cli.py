@@ -50,7 +50,10 @@ def add_serve(sub) -> None:
     )
     p.add_argument("--port", type=int, default=REST_PORT, help="REST port (default: %(default)s)")
     p.add_argument(
-        "--grpc-port", type=int, default=8500, help="tfserving: gRPC port (default: %(default)s)"
+        "--grpc-port",
+        type=int,
+        default=8500,
+        help="gRPC port (default: %(default)s); embedded: on --host, 0 picks a free port",
     )
     p.add_argument(
         "--threads", type=int, default=d.threads, help="embedded: request threads (%(default)s)"
@@ -67,6 +70,31 @@ def add_serve(sub) -> None:
         default=d.poll_seconds,
         help="how often to look for new versions (default: %(default)g)",
     )
+    p.add_argument(
+        "--max-num-load-retries",
+        type=int,
+        default=d.load_retries,
+        help="embedded: retries of a version that fails to load before it is given up until it "
+        "leaves the disk (default: %(default)s, as TF Serving's --max_num_load_retries)",
+    )
+    p.add_argument(
+        "--load-retry-interval-seconds",
+        type=float,
+        default=d.load_retry_seconds,
+        help="embedded: seconds between those retries (default: %(default)g, as TF Serving's "
+        "--load_retry_interval_micros)",
+    )
+    p.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        action="store_true",
+        help="accept the config's version_labels at startup, before their versions load; "
+        "without it they are refused, as TF Serving refuses them",
+    )
+    p.add_argument(
+        "--rest-api-enable-cors-support",
+        action="store_true",
+        help="embedded: CORS headers on every API response, as TF Serving's flag of that name",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -80,8 +108,10 @@ def _model_entries(args: argparse.Namespace) -> list:
 
 def _serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     from serving.manager import version_dirs
+    from serving.model_config import check_version_labels
 
     entries = _model_entries(args)
+    check_version_labels(entries, args.allow_version_labels_for_unavailable_models)
     for entry in entries:
         found = version_dirs(entry.base_path)
         note = f"versions {found}" if found else "no versions yet (waiting for a push)"
@@ -96,7 +126,13 @@ def _serve_tfserving(args: argparse.Namespace, entries: list) -> int:
     from serving.tfserving import TFServingNotFound, run_tfserving
 
     cfg = TFServingConfig(
-        grpc_port=args.grpc_port, rest_port=args.port, poll_seconds=max(1, round(args.poll_seconds))
+        grpc_port=args.grpc_port,
+        rest_port=args.port,
+        poll_seconds=max(1, round(args.poll_seconds)),
+        load_retries=args.max_num_load_retries,
+        load_retry_seconds=args.load_retry_interval_seconds,
+        allow_unavailable_labels=args.allow_version_labels_for_unavailable_models,
+        enable_cors=args.rest_api_enable_cors_support,
     )
     try:
         return run_tfserving(entries, cfg, say)
@@ -115,10 +151,13 @@ def _serve_embedded(args: argparse.Namespace, entries: list) -> int:
             threads=args.threads,
             max_body_bytes=int(args.max_body_mb * 2**20),
             poll_seconds=args.poll_seconds,
+            load_retries=args.max_num_load_retries,
+            load_retry_seconds=args.load_retry_interval_seconds,
+            enable_cors=args.rest_api_enable_cors_support,
         )
     except ValueError as err:
         raise CliError(str(err)) from None
-    server = EmbeddedServer(entries, cfg, say=say)
+    server = EmbeddedServer(entries, cfg, say=say, grpc_port=args.grpc_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -127,6 +166,7 @@ def _serve_embedded(args: argparse.Namespace, entries: list) -> int:
         server.stop()
         raise CliError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from None
     say(f"serving REST on {server.url} (Ctrl-C to stop)")
+    say(f"serving gRPC on {server.grpc.url}")
     for entry in entries:
         say(f"  curl {server.url}/v1/models/{entry.name}")
     try:
@@ -141,7 +181,12 @@ def _serve_embedded(args: argparse.Namespace, entries: list) -> int:
 
 # --------------------------------------------------------------------------- predict
 def add_predict(sub) -> None:
-    from serving.config import MODEL_NAME, PredictConfig
+    from serving.config import (
+        MODEL_NAME,
+        PIXEL_SIZE_REFUSE_FACTOR,
+        TRAINING_PIXEL_M,
+        PredictConfig,
+    )
 
     d = PredictConfig()
     p = sub.add_parser(
@@ -158,7 +203,10 @@ def add_predict(sub) -> None:
     p.add_argument("scene", type=Path, help="input GeoTIFF")
     p.add_argument("--out", type=Path, required=True, help="output mask GeoTIFF")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--server", help="REST URL of a model server, e.g. http://127.0.0.1:8501")
+    where.add_argument(
+        "--server",
+        help="model server URL: REST (http://127.0.0.1:8501) or gRPC (grpc://127.0.0.1:8500)",
+    )
     where.add_argument(
         "--model",
         type=Path,
@@ -180,11 +228,21 @@ def add_predict(sub) -> None:
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="windows per call (%(default)s)"
     )
+    p.add_argument(
+        "--allow-resolution",
+        action="store_true",
+        help=f"predict (with a warning) a scene whose pixels are more than "
+        f"{PIXEL_SIZE_REFUSE_FACTOR:g}x off the {TRAINING_PIXEL_M:g} m the model was trained on",
+    )
     p.set_defaults(func=_predict)
 
 
 def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from serving.config import MODELS_DIR, PredictConfig
+    """Every flag, the scene's header and the model folder are checked before TensorFlow or
+    the model loads (seconds to half a minute): a wrong input costs under a second, one line."""
+    from urllib.parse import urlsplit
+
+    from serving.config import MODEL_NAME_RE, MODELS_DIR, PredictConfig
 
     try:
         cfg = PredictConfig(
@@ -195,14 +253,33 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     except ValueError as err:
         raise CliError(str(err)) from None
-    if not args.scene.is_file():  # the same words as serving.predict.open_scene, earlier
-        raise CliError(f"{args.scene}: no such file")
+    if not MODEL_NAME_RE.fullmatch(args.model_name):
+        raise CliError(f"--model-name {args.model_name!r}: not a model name (letters, digits, _.-)")
+    if args.server is not None:
+        url = urlsplit(args.server)
+        if url.scheme not in ("http", "https", "grpc") or not url.netloc:
+            raise CliError(
+                f"--server {args.server}: not a server URL such as http://127.0.0.1:8501 "
+                "or grpc://127.0.0.1:8500"
+            )
+    if not args.scene.is_file():  # as serving.predict.open_scene says it, before numpy loads
+        raise CliError(
+            f"{args.scene}: " + ("not a file" if args.scene.exists() else "no such file")
+        )
+    from serving.predict import find_version_dir, inspect_scene, resolution_warning
+
+    info = inspect_scene(args.scene)  # the header only: GeoTIFF, 3 float bands, CRS, grid
+    warning = resolution_warning(info, allow=args.allow_resolution)
+    if warning:
+        say(f"tailings predict: warning: {warning}")
     outputs = [args.out, args.probabilities, args.polygons]
     if args.scene.resolve() in {o.resolve() for o in outputs if o is not None}:
         raise CliError(f"{args.scene}: an output would overwrite the input scene")
     for flag, path in zip(("--out", "--probabilities", "--polygons"), outputs, strict=True):
         if path is not None:  # before the model loads and the scene is read
             check_writable(path, flag, is_file=True)
+    if not args.server:  # the folder and its saved_model.pb; loading it waits until the end
+        find_version_dir(args.model or MODELS_DIR / args.model_name)
     from serving.predict import LocalModel, RemoteModel, predict_scene
 
     if args.server:

@@ -1,7 +1,10 @@
 """Facility and per-tile TFMA metrics against hand-computed numbers, directly and in Beam.
 
-Tiles are 32x32 in UTM 23S with 10 m pixels (0.01 ha each), so a facility of N pixels has
-N / 100 ha and the expected values below can be checked by hand. Inputs go through TFMA's own
+Tiles are 32x32 with 10 m pixels in an equal-area CRS (EPSG:6933, WGS 84 / EASE-Grid 2.0),
+where a pixel's ground (geodesic) area is its grid area, 0.01 ha (to 5e-10, the accuracy of
+PROJ's inverse projection there), so a facility of N pixels has N / 100 ha and the expected
+values below can be checked by hand. In UTM the ground area of a 10 m pixel is not 100 m^2
+(100.053-100.055 m^2 at 600 km E, 21 S: the scale factor). Inputs go through TFMA's own
 preprocessing (the computation's FeaturePreprocessor and `to_standard_metric_inputs`), the way
 the Evaluator feeds its combiners.
 """
@@ -30,9 +33,9 @@ from schemas import features
 
 SIZE = 32
 NODATA = float(features.MASK_NODATA)
-UTM_WKT = CRS.from_epsg(32723).to_wkt().encode()
-# As TFMA hands the raw features over: bytes [1] (object) and float32 [6].
-UTM_TRANSFORM = np.array([10.0, 0.0, 600000.0, 0.0, -10.0, 7700000.0], np.float32)
+EQUAL_AREA_WKT = CRS.from_epsg(6933).to_wkt().encode()
+# As TFMA hands the raw features over: bytes [1] (object) and float32 [6]. About 16 N, 6 E.
+TILE_TRANSFORM = np.array([10.0, 0.0, 600000.0, 0.0, -10.0, 2000000.0], np.float32)
 YES, NO = 0.9, 0.1  # predicted probabilities on either side of THRESHOLD
 
 Box = tuple[int, int, int, int]  # row0, row1, col0, col1 (exclusive ends)
@@ -54,8 +57,8 @@ def _example(
     prediction: np.ndarray,
     weight: float = 1.0,
     *,
-    wkt: bytes = UTM_WKT,
-    transform: np.ndarray = UTM_TRANSFORM,
+    wkt: bytes = EQUAL_AREA_WKT,
+    transform: np.ndarray = TILE_TRANSFORM,
     channel: bool = True,
 ) -> dict:
     """One unbatched TFMA extract: [H,W,1] label and prediction (as the Evaluator gives them)."""
@@ -266,10 +269,12 @@ def test_missing_georeference_is_a_clear_error() -> None:
 def test_nested_feature_values_are_accepted() -> None:
     nested = _example(*EXAMPLE_A)
     nested[constants.FEATURES_KEY] = {
-        features.CRS_WKT: [[UTM_WKT.decode()]],
-        features.TRANSFORM: [UTM_TRANSFORM.tolist()],
+        features.CRS_WKT: [[EQUAL_AREA_WKT.decode()]],
+        features.TRANSFORM: [TILE_TRANSFORM.tolist()],
     }
-    assert _compute(FM.MedianAreaErrorHa(), [nested]) == 0.0
+    # 0 but for the pixel areas' rounding: in this tile they differ by up to 2.2e-8 m^2
+    # (measured), so two 64-pixel blocks by up to 1.4e-6 m^2 = 1.4e-10 ha.
+    assert _compute(FM.MedianAreaErrorHa(), [nested]) == pytest.approx(0.0, abs=2e-10)
     assert _compute(FM.FacilityRecall(), [nested]) == 0.5
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from components.pusher import PUSH_RECORD
+from data.lock import LOCK_NAME
 from pipeline import nodes
 from pipeline.runner import EXIT_BLESSED, summarize_run
 from pipeline.runs import list_runs
@@ -152,16 +153,21 @@ def test_killed_runs_recover_with_one_version_per_model_and_the_same_metrics(
 
     # Killed three times at increasing points, then run to its end.
     points = sorted(rng.sample(range(len(KILL_POINTS)), 3))
-    kills = []
-    for i in points:
-        kills.append(attempt(tmp_path, data, (KILL_POINTS[i], rng.uniform(0, MAX_DELAY_S))))
-        context += f"; killed in {kills[-1].killed_at}"
-    final = attempt(tmp_path, data, None)
-    if kills[-1].killed_at:  # the killed run's lock is still there: the rerun takes it over
-        assert any(f"took over the lock of pid {kills[-1].pid}" in x for x in final.stderr), (
-            context,
-            final.stderr[:5],
-        )
+    kills: list[Attempt] = []
+    left_lock: Attempt | None = None  # the killed run whose lock the next run must take over
+    for i in [*points, None]:
+        kill = None if i is None else (KILL_POINTS[i], rng.uniform(0, MAX_DELAY_S))
+        run = attempt(tmp_path, data, kill)
+        if left_lock is not None:
+            took_over = f"took over the lock of pid {left_lock.pid}"
+            assert any(took_over in line for line in run.stderr), (context, run.stderr[:5])
+        if i is None:
+            final = run
+            break
+        kills.append(run)
+        context += f"; killed in {run.killed_at}"
+        # A kill after the run released its lock (summing up) leaves none to take over.
+        left_lock = run if (cfg.output_dir / LOCK_NAME).exists() else None
     summary = check_output(cfg, final, [k for k in kills if k.killed_at], context)
     assert summary.pushed_version == "1"
     for name, value in reference.metrics.items():

@@ -74,3 +74,27 @@ class Http(requests.Session):
 def http():
     with Http() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def reference(pushed):
+    """The pushed model loaded straight with TensorFlow: what every REST and gRPC answer must
+    match."""
+    import tensorflow as tf
+
+    _, version_dir = pushed
+    return tf.saved_model.load(str(version_dir))
+
+
+@pytest.fixture(scope="module")
+def converter_example(tmp_path_factory) -> bytes:
+    """A full tf.Example as `tailings convert` writes it (labels and metadata included, so
+    `transform_features` finds the mask)."""
+    from data.examples import to_example
+    from data.pairs import PairSpec, load_pair
+    from tests.fixtures.geotiffs import make_pair
+    from tests.fixtures.pipeline import TILE
+
+    root = tmp_path_factory.mktemp("pair")
+    image, mask = make_pair(root / "img", root / "mask", "x", (TILE, TILE), seed=7)
+    return to_example(load_pair(PairSpec("x", str(image), str(mask)))).SerializeToString()

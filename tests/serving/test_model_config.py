@@ -18,6 +18,7 @@ from serving.config import (
 from serving.model_config import (
     ModelConfigError,
     VersionPolicy,
+    check_version_labels,
     host_config_text,
     load_model_config,
     single_model,
@@ -105,6 +106,25 @@ def test_bad_configs_name_the_file_and_the_problem(tmp_path, text, problem):
     assert str(path) in str(err.value) and problem in str(err.value)
 
 
+def test_version_labels_are_refused_at_startup_as_tf_serving_refuses_them(tmp_path):
+    """Issue 16, 3: TF Serving checks labels before it loads any version (server_core.cc:469,
+    529-538), so a config with labels starts only with
+    --allow_version_labels_for_unavailable_models; both engines now say so alike."""
+    extra = '    version_labels { key: "stable" value: 1 }\n'
+    config = write_models_config(tmp_path / "m.config", "tailings", tmp_path / "m", extra)
+    entries = load_model_config(config, models_dir=tmp_path)
+    with pytest.raises(ModelConfigError) as err:
+        check_version_labels(entries, allow_unavailable=False)
+    message = str(err.value)
+    assert message.startswith(
+        f"{config}: model 'tailings', label 'stable': Request to assign label to version 1 of "
+        "model tailings, which is not currently available for inference"
+    )
+    assert "--allow-version-labels-for-unavailable-models" in message and "\n" not in message
+    check_version_labels(entries, allow_unavailable=True)  # the flag accepts any label
+    check_version_labels([single_model(tmp_path, "m")], allow_unavailable=False)  # no labels
+
+
 def test_missing_config_and_bad_model_name_are_errors(tmp_path):
     with pytest.raises(ModelConfigError, match="cannot read the model config"):
         load_model_config(tmp_path / "nope.config", models_dir=tmp_path)
@@ -125,3 +145,10 @@ def test_tfserving_command_and_missing_binary(tmp_path):
     assert "--rest_api_port=8501" in argv and "--port=8500" in argv
     assert f"--model_config_file={tmp_path / 'm.config'}" in argv
     assert "--file_system_poll_wait_seconds=1" in argv and "--enable_model_warmup=true" in argv
+    # the embedded server's behaviour flags, under TF Serving's names and with its defaults
+    assert "--max_num_load_retries=5" in argv and "--load_retry_interval_micros=60000000" in argv
+    assert "--allow_version_labels_for_unavailable_models=false" in argv
+    labelled = TFServingConfig(allow_unavailable_labels=True, enable_cors=True)
+    argv = command("/bin/tms", labelled, tmp_path / "m.config", tmp_path / "mon.config")
+    assert "--allow_version_labels_for_unavailable_models=true" in argv
+    assert "--rest_api_enable_cors_support=true" in argv

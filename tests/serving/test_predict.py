@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from rasterio.control import GroundControlPoint
+from rasterio.transform import Affine, from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scipy import ndimage
 
 from data.geo import pixel_areas
@@ -20,7 +22,10 @@ from serving.predict import (
     PredictError,
     RemoteModel,
     blend_weights,
+    find_version_dir,
+    inspect_scene,
     predict_scene,
+    resolution_warning,
     window_starts,
 )
 from tests.fixtures.geotiffs import PIXEL_DEGREES, scene, write_geotiff
@@ -276,11 +281,68 @@ def test_projected_scene_polygons_are_written_in_wgs84(tmp_path):
         PredictConfig(tile=TILE, overlap=16),
         out_polygons=tmp_path / "p.geojson",
     )
-    assert result.tailings_m2 == result.tailings_pixels * 100.0
+    # Ground areas: 100 km east of the central meridian a 10 m UTM pixel is 100.055 m^2.
+    assert result.tailings_m2 == pytest.approx(result.tailings_pixels * 100.055, rel=2e-5)
+    assert "areas: geodesic, on the WGS 84 ellipsoid" in result.lines()
     features = json.loads((tmp_path / "p.geojson").read_text())["features"]
     lon, lat = features[0]["geometry"]["coordinates"][0][0]
     assert -45.1 < lon < -43.9 and -21.2 < lat < -20.9  # UTM 23S near (600 km E, 7670 km N)
-    assert sum(f["properties"]["area_ha"] for f in features) == pytest.approx(result.tailings_ha)
+    total = sum(f["properties"]["area_ha"] for f in features)
+    assert total == pytest.approx(result.tailings_ha, rel=1e-7)  # each polygon is its pixels
+    assert {f["properties"]["area_method"] for f in features} == {
+        "geodesic, on the WGS 84 ellipsoid"
+    }
+
+
+def _reprojected(source: Path, crs: str, out: Path) -> Path:
+    """`source` warped to `crs` (nearest neighbour; NaN outside), as a user's GIS would."""
+    with rasterio.open(source) as src:
+        grid, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds
+        )
+        image = np.full((3, height, width), np.nan, np.float32)
+        reproject(
+            src.read(),
+            image,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=grid,
+            dst_crs=crs,
+            resampling=Resampling.nearest,
+            dst_nodata=np.nan,
+        )
+    return write_geotiff(out, image, crs=crs, transform=grid)
+
+
+# Nearest-neighbour warping redraws every facility's outline on the new grid: measured on this
+# scene, its tailings move by -0.29 % (EPSG:3857) and +0.22 % (EPSG:4326), the area with data
+# by 0.05 % and 0.02 %. The tolerances leave room for that and nothing near the +15.4 % that
+# EPSG:3857's grid area gave at 21 degrees south (issue 16, defect 6).
+WARPED_TAILINGS_REL = 0.01
+WARPED_VALID_REL = 0.002
+
+
+def test_one_tile_in_utm_web_mercator_and_lonlat_reports_the_same_hectares(tmp_path):
+    image, _ = scene(192, 192, seed=3, blobs=3)
+    utm = write_geotiff(
+        tmp_path / "utm.tif",
+        image,
+        crs="EPSG:32723",
+        transform=from_origin(600000, 7670000, 10, 10),
+    )
+    cfg = PredictConfig(tile=TILE, overlap=16)
+    results = {}
+    for crs in ("EPSG:32723", "EPSG:3857", "EPSG:4326"):
+        name = crs.replace(":", "-")
+        path = utm if crs == "EPSG:32723" else _reprojected(utm, crs, tmp_path / f"{name}.tif")
+        results[crs] = predict_scene(path, PixelModel(), tmp_path / f"{name}-mask.tif", cfg)
+    reference = results["EPSG:32723"]
+    assert 80 < reference.tailings_ha < 95  # ~87 ha of tailings on a 369 ha tile
+    for crs in ("EPSG:3857", "EPSG:4326"):
+        result = results[crs]
+        assert result.tailings_ha == pytest.approx(reference.tailings_ha, rel=WARPED_TAILINGS_REL)
+        assert result.valid_m2 == pytest.approx(reference.valid_m2, rel=WARPED_VALID_REL)
+        assert "areas: geodesic, on the WGS 84 ellipsoid" in result.lines(), crs
 
 
 # --------------------------------------------------------------------------- bad input
@@ -304,6 +366,91 @@ def test_bad_scenes_get_clear_errors(tmp_path):
         assert str(path) in str(err.value) and message in str(err.value)
     assert not (tmp_path / "mask.tif").exists()
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def _png(path: Path) -> Path:
+    """A small RGB PNG, written by GDAL (no georeferencing, as a screenshot would have)."""
+    with rasterio.open(path, "w", driver="PNG", width=8, height=8, count=3, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 8, 8), np.uint8))
+    return path
+
+
+def test_scene_headers_are_checked_without_rasterio_warnings(tmp_path, recwarn):
+    """Issue 16, defect 7: the header alone says what is wrong, and rasterio's own warnings
+    (NotGeoreferencedWarning) are said in our words, not printed beside them."""
+    import warnings
+
+    warnings.simplefilter("always")
+    zeros = np.zeros((3, 16, 16), np.float32)
+    png = _png(tmp_path / "screenshot.png")
+    recwarn.clear()  # writing it warned; reading it must not
+    with rasterio.open(
+        tmp_path / "grid.tif", "w", driver="GTiff", width=16, height=16, count=3,
+        dtype="float32", crs="EPSG:4326",
+    ) as dst:  # fmt: skip
+        dst.write(zeros)
+    gcps = write_geotiff(tmp_path / "gcps.tif", zeros)
+    with rasterio.open(gcps, "r+") as dst:
+        dst.transform = Affine.identity()
+        dst.gcps = (
+            [GroundControlPoint(0, 0, -44.0, -21.0), GroundControlPoint(16, 16, -43.9, -21.1)],
+            dst.crs,
+        )
+    recwarn.clear()
+    cases = [
+        (png, "is a PNG raster, not a GeoTIFF"),
+        (tmp_path / "grid.tif", "has no geotransform"),
+        (gcps, "control points (GCPs), not a geotransform; warp it"),
+        (tmp_path, "not a file"),
+    ]
+    for path, message in cases:
+        with pytest.raises(PredictError) as err:
+            inspect_scene(path)
+        assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert not [w for w in recwarn if "rasterio" in w.filename], [str(w.message) for w in recwarn]
+
+
+def test_pixel_size_far_from_10_m_is_refused_unless_allowed(tmp_path):
+    image = np.zeros((3, 16, 16), np.float32)
+    ok = write_geotiff(tmp_path / "ok.tif", image)  # the fixtures' ~10 m degree pixels
+    info = inspect_scene(ok)
+    assert info.pixel_m == pytest.approx((9.35, 9.89), abs=0.01)  # 8.93e-5 degrees at 19.9 S
+    assert resolution_warning(info) is None
+    # The study's broken img_23: 0.000833 x 0.0000893 degree pixels, 87 m x 9.9 m.
+    wide = from_origin(-43.8867, -20.3971, 8.333865e-4, 8.928166e-5)
+    img_23 = inspect_scene(write_geotiff(tmp_path / "img_23.tif", image, transform=wide))
+    with pytest.raises(PredictError) as err:
+        resolution_warning(img_23)
+    assert str(err.value) == (
+        f"{tmp_path / 'img_23.tif'}: pixels are 87.0 m x 9.9 m on the ground; the model was "
+        "trained on 10 m pixels and takes 5-20 m; resample the scene to 10 m (or pass "
+        "--allow-resolution to predict anyway)"
+    )
+    assert "87.0 m x 9.9 m" in resolution_warning(img_23, allow=True)
+    # Sentinel-2's 20 m bands in UTM: 20.006 m on the ground, a warning (not a refusal).
+    grid = from_origin(600000, 7670000, 20, 20)
+    twenty = inspect_scene(write_geotiff(tmp_path / "b20.tif", image, "EPSG:32723", grid))
+    assert "20.0 m x 20.0 m" in resolution_warning(twenty)
+    # EPSG:3857's 10.7 m grid pixels are 10 m on the ground at 21 S: silent.
+    grid = from_origin(-4902220.79, -2400015.22, 10.7, 10.7)
+    mercator = inspect_scene(write_geotiff(tmp_path / "m.tif", image, "EPSG:3857", grid))
+    assert mercator.pixel_m == pytest.approx((9.99, 9.93), abs=0.01)
+    assert resolution_warning(mercator) is None
+
+
+def test_a_truncated_scene_is_one_line_naming_it(tmp_path):
+    image, _ = scene(256, 256)
+    profile = {"driver": "GTiff", "width": 256, "height": 256, "count": 3, "dtype": "float32"}
+    with rasterio.open(tmp_path / "full.tif", "w", crs="EPSG:4326", **profile) as dst:
+        dst.transform = from_origin(-44.61, -21.07, PIXEL_DEGREES, PIXEL_DEGREES)
+        dst.write(image)  # uncompressed: the header comes first, the pixels after it
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])  # a copy that stopped halfway
+    with pytest.raises(PredictError, match=r"cut\.tif: cannot read rows .*is the file complete"):
+        predict_scene(
+            tmp_path / "cut.tif", PixelModel(), tmp_path / "m.tif", PredictConfig(TILE, 16)
+        )
+    assert not (tmp_path / "m.tif").exists()
 
 
 def test_unwritable_outputs_are_clear_errors(tmp_path):
@@ -343,6 +490,8 @@ def test_server_down_is_a_clear_error(tmp_path):
 def test_model_folder_without_a_saved_model_is_a_clear_error(tmp_path):
     with pytest.raises(PredictError, match="no SavedModel here"):
         LocalModel.open(tmp_path)
+    with pytest.raises(PredictError, match=f"--model {tmp_path / 'nope'}: no such folder"):
+        find_version_dir(tmp_path / "nope")
 
 
 # --------------------------------------------------------------------------- the real model
