@@ -23,7 +23,7 @@ def statistics_from_run(cfg: PipelineConfig, run_id: str | None = None):
 
     from pipeline import metadata, nodes
 
-    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), run_id)
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path), verify=True), run_id)
     artifact = run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS) if run else None
     if artifact is None:
         raise FileNotFoundError(f"no StatisticsGen output in run {run_id or 'latest'}")

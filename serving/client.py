@@ -104,10 +104,10 @@ class RestClient:
 
     def signature_defs(self) -> dict:
         """SignatureDef protos by name, from the metadata JSON (as TF Serving prints it)."""
+        doc = self.metadata()  # first: a server that is down is reported before TF's protos load
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        doc = self.metadata()
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         try:
             json_format.ParseDict(

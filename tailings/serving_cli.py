@@ -17,12 +17,13 @@ def add_serve(sub) -> None:
     d = ServerConfig()
     p = sub.add_parser(
         "serve",
-        help="serve pushed models over TF Serving's REST API (embedded server or TF Serving)",
+        help="serve pushed models over TF Serving's REST and gRPC APIs (embedded or TF Serving)",
         description=(
             "Serve the models the pipeline pushes (numeric version folders under "
             "--model-base-path/--model-name, or the models of --model-config) with TF Serving's "
             "REST API: GET /v1/models/NAME[/versions/V|/labels/L][/metadata], POST "
-            "...:predict, GET /monitoring/prometheus/metrics. New versions are loaded as they "
+            "...:predict, GET /monitoring/prometheus/metrics; and its gRPC API on --grpc-port "
+            "(PredictionService, ModelService). New versions are loaded as they "
             "appear. --engine embedded (default) runs this project's server; --engine "
             "tfserving runs tensorflow_model_server on the same models."
         ),

@@ -83,7 +83,7 @@ def open_run(cfg: PipelineConfig, run_id: str | None) -> metadata.RunRecord:
     """A run from the metadata store, or a ReportError naming what is missing."""
     if not cfg.metadata_path.exists():
         raise ReportError(f"no metadata store at {cfg.metadata_path}; run `tailings run` first")
-    store = metadata.open_store(str(cfg.metadata_path))
+    store = metadata.open_store(str(cfg.metadata_path), verify=True)
     try:
         run = metadata.load_run(store, run_id)
     except KeyError as err:
