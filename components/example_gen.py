@@ -32,6 +32,7 @@ from data.config import PairingConfig, SceneConfig, SplitConfig, ValidationConfi
 from data.convert import ConversionError, ShardPlan, convert_pairs, summarize
 from data.labels import LABELS_FILE, LabelsFileError, labels_path, load_exclusions
 from data.pairs import PairSpec, discover_pairs
+from schemas import features
 
 EXAMPLES_KEY = "examples"
 REPORT_KEY = "conversion_report"
@@ -44,21 +45,29 @@ SHARD_PATTERN = "Split-{split}/data_tfrecord-{shard:05d}-of-{shards:05d}.gz"
 
 class ConversionReport(types.Artifact):
     """rejected.jsonl (one line per rejected pair, with its reason), summary.json, and
-    scene_layout.json (which eval tile sits where in the scene split's mosaics)."""
+    scene_layout.json (which eval tile sits where in the scene split's mosaics).
 
-    TYPE_NAME = "ConversionReport"
+    Namespaced: KFP (`tailings compile`) refuses an artifact type name without a dot. ML
+    Metadata stores written before the rename hold the old type `ConversionReport`; their runs
+    still list and report (the readers go by node and output key, never by type name), and the
+    first run on such a store misses TFX's cache once (the output type is part of the key)."""
+
+    TYPE_NAME = "tailings.ConversionReport"
 
 
 def input_fingerprint(input_base: str, cfg: PairingConfig = PairingConfig()) -> str:
-    """Names, sizes and modification times of every input raster, plus the content of
-    `labels.yaml` when there is one.
+    """Names, sizes and modification times of every input raster, the content of
+    `labels.yaml` when there is one, and the names of the features an example carries.
 
     Passed as an execution property so TFX's cache sees changed input files; without it a
-    re-run over edited data (or edited review decisions) would reuse the old examples.
+    re-run over edited data (or edited review decisions) would reuse the old examples, and an
+    output folder made before a feature was added (the per-band statistics) would keep
+    examples without it.
     Anything that is not a regular file (a folder, a dangling symlink) is skipped, as
     `discover_pairs` skips it.
     """
     digest = hashlib.sha256()
+    digest.update(("features:" + ",".join(sorted(features.feature_spec())) + "\n").encode())
     for sub in ("img", "mask"):
         folder = os.path.join(input_base, sub)
         if not os.path.isdir(folder):
@@ -199,7 +208,8 @@ class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(
         self, input_base: str, config: SplitConfig = SplitConfig(), tile_size: int | None = None
     ) -> None:
-        input_base = os.path.abspath(input_base)
+        if "://" not in input_base:  # gs://... (a compiled pipeline's data) stays a URI
+            input_base = os.path.abspath(input_base)
         _check_labels(input_base)
         super().__init__(
             spec=GeoTiffExampleGenSpec(

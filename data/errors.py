@@ -12,7 +12,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # bad input, or the job produced nothing
 EXIT_USAGE = 2  # argparse: unknown flag, missing argument
+EXIT_ANOMALIES = 4  # data anomalies: `tailings run` stopped, `stats --compare` found drift
 EXIT_BUSY = 5  # another run or conversion holds the output folder's lock
+EXIT_SOME_FAILED = 6  # `tailings predict --out-dir`: some scenes failed, the others were written
 
 
 class TailingsError(Exception):

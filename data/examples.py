@@ -13,19 +13,36 @@ from schemas import features as F
 
 
 def summary(pair: GeoPair) -> dict[str, list[float] | float]:
-    """Per-image statistics that TFDV summarises and the schema constrains.
+    """Per-image statistics that TFDV summarises and the schema constrains (`summary_values`)."""
+    return summary_values(pair.image, pair.mask)
+
+
+def summary_values(image: np.ndarray, mask: np.ndarray) -> dict[str, list[float] | float]:
+    """Every summary feature of an H x W x bands image and its H x W mask, by feature name.
 
     Over the pixels with data: a scene window's no-data cells (mask `MASK_NODATA`) are left out.
+    The band vectors (`band_mean`: one value per band) and, for TFDV to summarise each band on
+    its own, one scalar per band (`band_mean_b2`, ...). A wrong band count is left to the
+    schema to report (`bands`, missing band features).
     """
-    valid = (pair.mask != F.MASK_NODATA).reshape(-1)
-    pixels = pair.image.reshape(-1, pair.image.shape[-1])[valid].astype(np.float64)
-    labels = pair.mask.reshape(-1)[valid]
-    return {
+    valid = (mask != F.MASK_NODATA).reshape(-1)
+    pixels = image.reshape(-1, image.shape[-1])[valid].astype(np.float64)
+    labels = mask.reshape(-1)[valid]
+    vectors = {
         F.BAND_MEAN: pixels.mean(axis=0).tolist(),
         F.BAND_STD: pixels.std(axis=0).tolist(),
         F.BAND_MIN: pixels.min(axis=0).tolist(),
         F.BAND_MAX: pixels.max(axis=0).tolist(),
+    }
+    per_band = {
+        F.band_feature(name, band): value
+        for name, values in vectors.items()
+        for band, value in zip(F.BAND_ORDER, values, strict=False)
+    }
+    return {
+        **vectors,
         F.TAILINGS_FRACTION: float(labels.mean()) if labels.size else 0.0,
+        **per_band,
     }
 
 
@@ -60,6 +77,7 @@ def to_example(pair: GeoPair):
         F.BAND_MIN: f(stats[F.BAND_MIN]),
         F.BAND_MAX: f(stats[F.BAND_MAX]),
         F.TAILINGS_FRACTION: f([stats[F.TAILINGS_FRACTION]]),
+        **{name: f([stats[name]]) for name in F.PER_BAND_FEATURES if name in stats},
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 

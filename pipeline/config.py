@@ -93,6 +93,26 @@ def _changed_preset(
 
 
 @dataclass(frozen=True)
+class RemoteLocations:
+    """Where a compiled pipeline (`tailings compile`) reads and writes: URIs (gs://...) its
+    containers reach, instead of the local folders of `tailings run`. The metadata store is the
+    orchestrator's (Vertex ML Metadata, Kubeflow's MLMD), so there is no SQLite file."""
+
+    pipeline_root: str
+    data: str  # holds img/ and mask/
+    serving: str  # the Pusher writes <serving>/<model_name>/<version>
+    # Where the container image holds the project's source (the Dockerfile's WORKDIR): files the
+    # pipeline reads from the project (the curated schema) are named there, not on this machine.
+    image_project_dir: str = "/opt/tailings"
+
+    def __post_init__(self) -> None:
+        for name in ("pipeline_root", "data", "serving"):
+            value = getattr(self, name)
+            if "://" not in value:
+                raise ValueError(f"{name} must be a URI such as gs://bucket/path, got {value!r}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data_dir: Path = Path("data/brazil-tailings")
     output_dir: Path = Path("outputs")
@@ -107,6 +127,11 @@ class PipelineConfig:
     transform: TransformConfig = field(default_factory=TransformConfig)
     thresholds: Thresholds = Thresholds()
     trainer_override: TrainerConfig | None = None  # tests: a tiny network
+    # Beam options for every Beam-powered component (`tailings run -- ...`; `tailings compile`'s
+    # Dataflow flags), checked by pipeline.beam_args; one the user sets wins over `workers`'.
+    beam_args: tuple[str, ...] = ()
+    # `tailings compile`: the pipeline runs elsewhere (Vertex AI / Kubeflow), on these URIs.
+    remote: RemoteLocations | None = None
 
     @property
     def pipeline_root(self) -> Path:

@@ -292,14 +292,27 @@ def _belongs_to_pipeline(store, context) -> bool:
     return not parents or any(p.name == PIPELINE_NAME for p in parents)
 
 
-def load_run(store: metadata_store.MetadataStore, run_id: str | None = None) -> RunRecord | None:
-    """One run (the latest when `run_id` is None) with every node's outputs."""
-    ids = run_ids(store)
-    if not ids:
-        return None
-    run_id = ids[-1] if run_id in (None, "latest") else run_id
+def load_run(
+    store: metadata_store.MetadataStore, run_id: str | None = None, missing_ok: bool = False
+) -> RunRecord | None:
+    """One run (the latest when `run_id` is None) with every node's outputs; None when the
+    store holds no runs, or no run `run_id` and `missing_ok`, else KeyError for a wrong id.
+
+    A named run is looked up by its name alone: listing the store's runs (`run_ids`, a query
+    per run) is left for when it is needed, so reading each of n runs costs n, not n^2."""
+    ids = None
+    if run_id in (None, "latest"):
+        ids = run_ids(store)
+        if not ids:
+            return None
+        run_id = ids[-1]
     context = store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
     if context is None:
+        if missing_ok:
+            return None
+        ids = run_ids(store) if ids is None else ids
+        if not ids:
+            return None
         raise KeyError(f"no run {run_id!r}; known runs: {', '.join(ids[-5:])}")
     executions = store.get_executions_by_context(context.id)
     nodes: dict[str, NodeRun] = {}

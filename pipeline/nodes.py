@@ -1,12 +1,13 @@
 """Node ids of the pipeline and the output keys read back from ML Metadata, in one place.
 
 `pipeline.pipeline` gives the components these ids; the run summary, `tailings runs`, the
-reports and the tests read artifacts by them.
+reports and the tests read artifacts by them. Plain strings, no TFX: `tailings runs` imports
+this module and must not pay for TFX, TensorFlow or Beam (tests/pipeline/test_runs.py checks
+the keys against the components that write them).
 """
 
 from __future__ import annotations
 
-from components.example_gen import EXAMPLES_KEY, REPORT_KEY
 from data.config import SceneConfig
 
 # Node ids (component ids in ML Metadata and folder names under the pipeline root).
@@ -24,8 +25,8 @@ TILE_EVALUATOR = "TileEvaluator"
 PUSHER = "Pusher"
 
 # Output keys.
-EXAMPLES = EXAMPLES_KEY
-CONVERSION_REPORT = REPORT_KEY
+EXAMPLES = "examples"  # components.example_gen.EXAMPLES_KEY
+CONVERSION_REPORT = "conversion_report"  # components.example_gen.REPORT_KEY
 STATISTICS = "statistics"
 ANOMALIES = "anomalies"
 MODEL = "model"
@@ -33,6 +34,12 @@ MODEL_RUN = "model_run"
 EVALUATION = "evaluation"
 BLESSING = "blessing"
 PUSHED_MODEL = "pushed_model"
+
+# Metric names the Evaluators report, as `tailings runs` shows them (components.metrics and
+# components.facility_metrics define them beside TensorFlow and TFMA).
+PIXEL_ACCURACY = "pixel_accuracy"
+IOU = "iou"
+FACILITY_RECALL = "facility_recall"
 
 # Splits: ExampleGen's, and which Evaluator scores which.
 TRAIN_SPLIT = "train"

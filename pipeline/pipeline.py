@@ -18,6 +18,7 @@ from components.example_gen import GeoTiffExampleGen
 from components.pusher import Pusher
 from components.validation_gate import ExampleValidationGate
 from pipeline import nodes
+from pipeline.beam_args import direct_args
 from pipeline.config import PIPELINE_NAME, PipelineConfig
 from pipeline.evaluation import metric_name
 from schemas import SCHEMA_DIR, features
@@ -25,6 +26,10 @@ from schemas import SCHEMA_DIR, features
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 TRANSFORM_MODULE = str(COMPONENTS_DIR / "transform_module.py")
 TRAINER_MODULE = str(COMPONENTS_DIR / "trainer_module.py")
+# The same functions by import path, for a compiled pipeline: its container image has the
+# project installed (Dockerfile), so nothing is packaged into a wheel under the pipeline root.
+PREPROCESSING_FN = "components.transform_module.preprocessing_fn"
+RUN_FN = "components.trainer_module.run_fn"
 SCHEMA_FILE = str(SCHEMA_DIR / "schema.pbtxt")
 
 
@@ -86,10 +91,27 @@ def eval_config(cfg: PipelineConfig, gate: bool = True) -> tfma.EvalConfig:
 
 
 def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The pipeline `tailings run` runs locally and `tailings compile` compiles (then
+    `cfg.remote` names its URIs and the module functions come from the image)."""
+    remote = cfg.remote
+    # Local runs name the module files: TFX packages them and hashes their text into the cache
+    # key, so an edited module re-runs Transform / the Trainer.
+    modules = (
+        {"transform": {"module_file": TRANSFORM_MODULE}, "trainer": {"module_file": TRAINER_MODULE}}
+        if remote is None
+        else {"transform": {"preprocessing_fn": PREPROCESSING_FN}, "trainer": {"run_fn": RUN_FN}}
+    )
     example_gen = GeoTiffExampleGen(
-        input_base=str(cfg.data_dir), config=cfg.split, tile_size=cfg.transform.tile_size
+        input_base=remote.data if remote else str(cfg.data_dir),
+        config=cfg.split,
+        tile_size=cfg.transform.tile_size,
     ).with_id(nodes.EXAMPLE_GEN)
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE).with_id(nodes.SCHEMA_GEN)
+    schema_file = (
+        f"{remote.image_project_dir}/{Path(SCHEMA_FILE).relative_to(SCHEMA_DIR.parent)}"
+        if remote
+        else SCHEMA_FILE
+    )
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(nodes.SCHEMA_GEN)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs[nodes.EXAMPLES], schema=schema_gen.outputs["schema"]
     ).with_id(nodes.STATISTICS_GEN)
@@ -103,7 +125,7 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=example_gen.outputs[nodes.EXAMPLES],
         schema=schema_gen.outputs["schema"],
-        module_file=TRANSFORM_MODULE,
+        **modules["transform"],
         custom_config=cfg.transform.to_custom_config(),
         splits_config=tfx.proto.SplitsConfig(
             analyze=[nodes.TRAIN_SPLIT], transform=[nodes.TRAIN_SPLIT, nodes.EVAL_SPLIT]
@@ -111,7 +133,7 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
     ).with_id(nodes.TRANSFORM)
     transform.add_upstream_node(gate)  # anomalies stop the run before Transform and Trainer
     trainer = tfx.components.Trainer(
-        module_file=TRAINER_MODULE,
+        **modules["trainer"],
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
@@ -140,18 +162,21 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
         model_blessing=evaluator.outputs[nodes.BLESSING],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.abspath(cfg.push_dir)
+                base_directory=(
+                    f"{remote.serving.rstrip('/')}/{cfg.model_name}"
+                    if remote
+                    else os.path.abspath(cfg.push_dir)
+                )
             )
         ),
     ).with_id(nodes.PUSHER)
-    beam_args = [f"--direct_num_workers={cfg.workers}"]
-    if cfg.workers > 1:
-        # Threads, not processes: the heavy work (GDAL, zlib, TF) releases the GIL and worker
-        # processes would each pay Beam's and TensorFlow's import time.
-        beam_args.append("--direct_running_mode=multi_threading")
+    # Every Beam-powered component (ExampleGen, StatisticsGen, Transform, both Evaluators)
+    # gets these; the DirectRunner settings of `--workers` first, unless the user's set them.
+    beam_args = [] if remote else direct_args(cfg.workers, cfg.beam_args)
+    beam_args += list(cfg.beam_args)
     return tfx.dsl.Pipeline(
         pipeline_name=PIPELINE_NAME,
-        pipeline_root=str(cfg.pipeline_root.resolve()),
+        pipeline_root=remote.pipeline_root if remote else str(cfg.pipeline_root.resolve()),
         components=[
             example_gen,
             schema_gen,
@@ -166,7 +191,9 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
             pusher,
         ],
         enable_cache=True,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=None
+        if remote
+        else tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(cfg.metadata_path.resolve())
         ),
         beam_pipeline_args=beam_args,

@@ -2,6 +2,10 @@
 
 The terminal gets one line per component (start, end, duration, cached or not) and a summary;
 the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it does not bury them.
+
+`tailings runs` imports this module for `summarize_run`: at module level it imports only ML
+Metadata, the stdlib and this project's light modules; TFX, TensorFlow and the readers of the
+components' outputs load inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data.lock import output_lock
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
-from pipeline.evaluation import DROP_GATE, SplitEvaluation
+
+if TYPE_CHECKING:
+    from pipeline.evaluation import SplitEvaluation
 
 # Exit codes of `tailings run` (documented in the README).
 EXIT_BLESSED = 0
@@ -49,6 +56,8 @@ class RunSummary:
     @property
     def gate(self) -> SplitEvaluation:
         """The evaluation that decided the blessing (the scene split's)."""
+        from pipeline.evaluation import SplitEvaluation
+
         return self.evaluations.get(nodes.SCENE_SPLIT) or SplitEvaluation(nodes.SCENE_SPLIT)
 
     @property
@@ -102,6 +111,8 @@ TILE_ROWS_SHOWN = 8  # the terminal shows the worst tiles; the report shows them
 
 def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> list[str]:
     """One split's metrics with intervals, its gates, and its worst tiles, for the terminal."""
+    from pipeline.evaluation import DROP_GATE
+
     out = [f"evaluation, {nodes.SPLIT_DESCRIPTIONS.get(e.split, e.split)}:"]
     out.append(f"  {'metric':<24} value [95 % bootstrap interval]")
     for name, estimate in sorted(e.metrics.items()):
@@ -381,11 +392,10 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
         progress.stop()
         _restore_logs(saved)
     seconds = time.monotonic() - start
-    recorded = cfg.metadata_path.exists() and run_id in metadata.run_ids(
-        metadata.open_store(str(cfg.metadata_path))
-    )
-    if recorded:
-        summary = summarize_run(cfg, seconds, run_id=run_id)
+    store = metadata.open_store(str(cfg.metadata_path)) if cfg.metadata_path.exists() else None
+    run = metadata.load_run(store, run_id, missing_ok=True) if store is not None else None
+    if run is not None:
+        summary = summarize_record(run, seconds)
     else:  # stopped before TFX recorded anything under this run's id
         summary = RunSummary(run_id=run_id, seconds=seconds, error="no run recorded")
     if error and not summary.anomalies:
@@ -394,14 +404,18 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
 
 
 def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None) -> RunSummary:
-    """Read one run's outcome from ML Metadata and the artifacts it points to."""
-    from components.validation_gate import list_anomalies
-    from pipeline.evaluation import load_evaluation
-
+    """Read one run's outcome (the latest when `run_id` is None) from ML Metadata and the
+    artifacts it points to. A caller that holds the run's record: `summarize_record`."""
     store = metadata.open_store(str(cfg.metadata_path))
     run = metadata.load_run(store, run_id)
     if run is None:
         return RunSummary(run_id=None, seconds=seconds, error="no run recorded")
+    return summarize_record(run, seconds)
+
+
+def summarize_record(run: metadata.RunRecord, seconds: float) -> RunSummary:
+    """A run's outcome from its record in ML Metadata and the artifacts it points to (their
+    readers load only for the artifacts the run has)."""
     s = RunSummary(run_id=run.run_id, seconds=seconds)
     report = run.artifact(nodes.EXAMPLE_GEN, nodes.CONVERSION_REPORT)
     if report is not None:
@@ -412,6 +426,8 @@ def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None
             s.rejected = [json.loads(x) for x in open(rejected).read().splitlines() if x]
     anomalies = run.artifact(nodes.EXAMPLE_VALIDATOR, nodes.ANOMALIES)
     if anomalies is not None:
+        from components.validation_gate import list_anomalies
+
         splits = json.loads(metadata.custom(anomalies, "split_names") or "[]") or [
             nodes.TRAIN_SPLIT,
             nodes.EVAL_SPLIT,
@@ -420,6 +436,8 @@ def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None
     for node, split in nodes.EVALUATORS:
         evaluation = run.artifact(node, nodes.EVALUATION)
         if evaluation is not None:
+            from pipeline.evaluation import load_evaluation
+
             s.evaluations[split] = load_evaluation(evaluation.uri, split)
     blessing = run.artifact(nodes.SCENE_EVALUATOR, nodes.BLESSING)
     if blessing is not None:

@@ -5,6 +5,10 @@ How a run ended is read from the states TFX gives each component's execution in 
 COMPLETE, CACHED or FAILED when it ends. A process that is killed publishes nothing, so its
 component stays RUNNING forever; whether a RUNNING component is still running is told by the
 output folder's lock (`data.lock`), which a live `tailings run` holds.
+
+Only ML Metadata, the stdlib and this project's light modules load at import; reading a run's
+outputs loads their readers only (`pipeline.runner.summarize_record`). benchmarks/startup.py
+times `tailings runs`.
 """
 
 from __future__ import annotations
@@ -13,11 +17,10 @@ import datetime
 import os
 import time
 
-from components.facility_metrics import FACILITY_RECALL
-from components.metrics import IOU, PIXEL_ACCURACY
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
-from pipeline.runner import summarize_run
+from pipeline.nodes import FACILITY_RECALL, IOU, PIXEL_ACCURACY
+from pipeline.runner import summarize_record
 
 # The pipeline's last nodes (nothing consumes their outputs): a run in which both finished ran
 # every component. Without this, a run killed between two components (every execution it
@@ -81,8 +84,8 @@ def list_runs(cfg: PipelineConfig) -> list[str]:
     )
     lines = [header + "blessed  pushed     state"]
     for run_id in reversed(ids):
-        s = summarize_run(cfg, 0.0, run_id)
         run = metadata.load_run(store, run_id)
+        s = summarize_record(run, 0.0)
         # Only the newest run can be the live one, and only if it began after the lock was taken
         # (the lock records whole seconds).
         live = (

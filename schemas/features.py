@@ -29,6 +29,9 @@ EPSG = "epsg"  # 0 when the CRS has no EPSG code
 TRANSFORM = "transform"  # affine a, b, c, d, e, f (rasterio order)
 
 # Per-image summary features: what TFDV computes statistics over and the schema constrains.
+# The vectors hold one value per band; TFDV pools a multi-value feature into one distribution
+# (B2, B3 and B4 mixed), so each band also gets its own scalar feature, e.g. band_mean_b4, with
+# its own statistics, histogram and drift comparator in the curated schema.
 BAND_MEAN = "band_mean"
 BAND_STD = "band_std"
 BAND_MIN = "band_min"
@@ -38,8 +41,20 @@ TAILINGS_FRACTION = "tailings_fraction"
 IMAGE_DTYPE = "<f4"
 MASK_DTYPE = "u1"
 EXPECTED_BANDS = 3
+BAND_ORDER = ("B2", "B3", "B4")  # blue, green, red: the file's order, which the schema checks
 
-SUMMARY_FEATURES = (BAND_MEAN, BAND_STD, BAND_MIN, BAND_MAX, TAILINGS_FRACTION)
+BAND_STATISTICS = (BAND_MEAN, BAND_STD, BAND_MIN, BAND_MAX)
+
+
+def band_feature(statistic: str, band: str) -> str:
+    """The scalar feature of one band's statistic: ("band_mean", "B4") -> "band_mean_b4"."""
+    return f"{statistic}_{band.lower()}"
+
+
+PER_BAND_FEATURES = tuple(band_feature(s, b) for s in BAND_STATISTICS for b in BAND_ORDER)
+SUMMARY_FEATURES = (*BAND_STATISTICS, TAILINGS_FRACTION)
+# What the curated schema compares between datasets (drift) and between splits (skew).
+COMPARED_FEATURES = (*PER_BAND_FEATURES, TAILINGS_FRACTION)
 BYTES_FEATURES = (IMAGE, MASK)
 
 
@@ -63,4 +78,5 @@ def feature_spec(bands: int = EXPECTED_BANDS) -> dict[str, tf.io.FixedLenFeature
         BAND_MIN: tf.io.FixedLenFeature([bands], tf.float32),
         BAND_MAX: tf.io.FixedLenFeature([bands], tf.float32),
         TAILINGS_FRACTION: tf.io.FixedLenFeature([], tf.float32),
+        **{name: tf.io.FixedLenFeature([], tf.float32) for name in PER_BAND_FEATURES},
     }

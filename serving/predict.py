@@ -7,15 +7,18 @@ answers (`blend_weights`: a cross-fade over the middle of the overlap), and ever
 weighted mean of the windows covering it, so no window's weak border shows as a seam.
 
 The model is called through `serving_default` with serialized tf.Examples, in-process
-(`LocalModel`) or through TF Serving's REST API (`RemoteModel`, b64 instances). Why that
-signature: it is the one every TF Serving client calls by default; it carries the float32
-pixels as exact bytes (a third smaller than JSON numbers and parsed without a JSON number
+(`LocalModel`) or through TF Serving's REST or gRPC API (`RemoteModel`; b64 instances in REST).
+Why that signature: it is the one every TF Serving client calls by default; it carries the
+float32 pixels as exact bytes (a third smaller than JSON numbers and parsed without a JSON number
 walk); and it runs the pipeline's Transform graph, so the normalisation is the training one.
 Both paths send the same batches to the same signature, so they give the same output.
 
-The scene is processed one strip of windows at a time, so memory stays at a few strips whatever
-the scene's size. Outputs: a uint8 mask (1 tailings, 0 background, 255 no data) and optionally
-float32 probabilities, as Cloud-Optimized GeoTIFFs on the input's grid; optional GeoJSON polygons.
+`write_scene` owns the blending, outputs and areas; `predict_scene` feeds it from a model, and
+the Beam pipeline (`serving.fleet_beam`) from RunInference's answers, so both write the same
+files. The scene is processed one strip of windows at a time, so memory stays at a few strips
+whatever the scene's size. Outputs: a uint8 mask (1 tailings, 0 background, 255 no data) and
+optionally float32 probabilities, as Cloud-Optimized GeoTIFFs on the input's grid; optional
+GeoJSON polygons.
 Hectares are geodesic, on the ellipsoid of the scene's CRS, whatever the CRS (`data.geo`).
 
 `inspect_scene` checks a scene from its header alone (a GeoTIFF, 3 float bands, a CRS, a
@@ -32,7 +35,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -137,7 +140,8 @@ class LocalModel:
 
 @dataclass
 class RemoteModel:
-    """A model behind TF Serving's REST API (the embedded server or tensorflow_model_server)."""
+    """A model behind TF Serving's REST or gRPC API (the embedded server or
+    tensorflow_model_server), by the URL's scheme: http(s):// or grpc://."""
 
     client: object
     tile: int
@@ -520,6 +524,71 @@ def write_polygons(mask_path: Path, out: Path) -> int:
 
 
 # --------------------------------------------------------------------------- the scene
+@dataclass(frozen=True)
+class Grid:
+    """Where the windows of a scene start: `rows` x `cols` offsets (`window_starts`)."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    @classmethod
+    def of(cls, height: int, width: int, cfg: PredictConfig) -> Grid:
+        return cls(
+            height,
+            width,
+            cfg.tile,
+            cfg.overlap,
+            tuple(window_starts(height, cfg.tile, cfg.stride)),
+            tuple(window_starts(width, cfg.tile, cfg.stride)),
+        )
+
+    @property
+    def windows(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def bottom(self, k: int) -> int:
+        """The first row of window row k+1 (or the scene's height): where strip k's rows end."""
+        return self.rows[k + 1] if k + 1 < len(self.rows) else self.height
+
+
+def scene_windows(height: int, width: int, cfg: PredictConfig) -> int:
+    """How many windows `predict_scene` runs for a scene of this size (progress, ETA)."""
+    return Grid.of(height, width, cfg).windows
+
+
+def read_strips(src, scene: Path, grid: Grid) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For each row k of windows: (k, valid, strip). `strip` is the [tile, >= tile, 3] float32
+    pixels of that row of windows (no data as 0, mirrored up to a tile where the scene is
+    smaller), `valid` the [rows read, width] pixels with data in all three bands."""
+    from rasterio.windows import Window
+
+    nodata = src.nodata
+    padded_width = max(grid.width, grid.tile)
+    for k, top in enumerate(grid.rows):
+        h = min(grid.tile, grid.height - top)
+        try:
+            pixels = src.read(window=Window(0, top, grid.width, h), out_dtype="float32")
+        except Exception as err:  # noqa: BLE001 - GDAL's errors are not all OSErrors
+            cause = err.__cause__ or err  # rasterio: "Read failed. See previous exception"
+            raise PredictError(
+                f"{scene}: cannot read rows {top}..{top + h - 1} ({cause}); is the file complete?"
+            ) from None
+        valid = np.all(np.isfinite(pixels), axis=0)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= ~np.any(pixels == nodata, axis=0)
+        strip = np.where(valid[..., None], np.moveaxis(pixels, 0, -1), 0.0).astype(np.float32)
+        yield k, valid, _pad(strip, grid.tile, padded_width)
+
+
+def strip_tiles(strip: np.ndarray, cols: Sequence[int], tile: int) -> np.ndarray:
+    """[len(cols), tile, tile, 3]: the windows starting at `cols` along a strip."""
+    return np.stack([strip[:, x : x + tile] for x in cols])
+
+
 def predict_scene(
     scene: Path,
     model: TileModel,
@@ -528,13 +597,44 @@ def predict_scene(
     out_probabilities: Path | None = None,
     out_polygons: Path | None = None,
     say: Callable[[str], None] = lambda _m: None,
+    progress: Callable[[int], None] = lambda _n: None,
 ) -> SceneResult:
-    """Predict a whole scene window by window; write the outputs; count tailings and hectares."""
+    """Predict a whole scene window by window; write the outputs; count tailings and hectares.
+    `progress(n)` is told each time n more windows are predicted."""
     if model.tile != cfg.tile:
         raise PredictError(
             f"--tile {cfg.tile}, but the model's {SERVING_DEFAULT} signature takes "
             f"{model.tile} x {model.tile} tiles ({model.source}); pass --tile {model.tile}"
         )
+
+    def run_model(_k: int, cols: Sequence[int], strip: np.ndarray) -> list[np.ndarray]:
+        probabilities: list[np.ndarray] = []
+        for batch in _batches(list(cols), cfg.batch_size):
+            probabilities.extend(model(strip_tiles(strip, batch, cfg.tile)))
+            progress(len(batch))
+        return probabilities
+
+    return write_scene(
+        scene, model.source, run_model, out_mask, cfg, out_probabilities, out_polygons, say
+    )
+
+
+def write_scene(
+    scene: Path,
+    model_source: str,
+    row_probabilities: Callable[[int, Sequence[int], np.ndarray], Sequence[np.ndarray]],
+    out_mask: Path,
+    cfg: PredictConfig,
+    out_probabilities: Path | None = None,
+    out_polygons: Path | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> SceneResult:
+    """Blend one scene's windows into its outputs, strip by strip, and count its tailings.
+
+    `row_probabilities(k, cols, strip)` answers row k of windows (left to right, each [tile,
+    tile]); `predict_scene` calls the model there, the Beam pipeline (`serving.fleet_beam`)
+    hands over what RunInference computed. Either way the blending, thresholds, outputs and
+    areas are this function's, in this order, so both paths write the same files."""
     import rasterio
 
     started = time.monotonic()
@@ -544,9 +644,10 @@ def predict_scene(
     # becomes one PredictError line, not a screen of "ERROR 1: TIFF..." lines.
     with rasterio.Env():
         try:
-            result = _predict(
-                src, Path(scene), model, out_mask, cfg, out_probabilities, outputs, say
-            )
+            result = _write_scene(
+                src, Path(scene), model_source, row_probabilities, out_mask, cfg,
+                out_probabilities, outputs, say,
+            )  # fmt: skip
             if out_polygons is not None:
                 result.polygons = write_polygons(Path(out_mask), Path(out_polygons))
                 result.outputs.append(str(out_polygons))
@@ -560,12 +661,11 @@ def predict_scene(
     return result
 
 
-def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) -> SceneResult:
-    from rasterio.windows import Window
-
+def _write_scene(
+    src, scene, model_source, row_probabilities, out_mask, cfg, out_probabilities, outputs, say
+) -> SceneResult:
     height, width, tile = src.height, src.width, cfg.tile
-    rows = window_starts(height, tile, cfg.stride)
-    cols = window_starts(width, tile, cfg.stride)
+    grid = Grid.of(height, width, cfg)
     padded_width = max(width, tile)
     weight = blend_weights(tile, cfg.overlap)
 
@@ -578,11 +678,11 @@ def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) 
             raise PredictError(f"{scene}: {err}") from None
 
     strip_areas(0, min(1, height))  # a CRS with no ground areas fails before the model runs
-    result = SceneResult(str(scene), model.source, height, width, len(rows) * len(cols))
+    result = SceneResult(str(scene), model_source, height, width, grid.windows)
     result.area_method = area_method(src.crs)
     say(
         f"{scene}: {width} x {height} pixels, {_count(result.windows, 'window')} of {tile} "
-        f"(overlap {cfg.overlap}), model {model.source}"
+        f"(overlap {cfg.overlap}), model {model_source}"
     )
 
     mask_out = _Output(out_mask, src, "uint8", MASK_NODATA, "tailings", cfg, "mask")
@@ -596,29 +696,18 @@ def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) 
 
     total = np.zeros((tile, padded_width), dtype=np.float64)
     weights = np.zeros((tile, padded_width), dtype=np.float64)
-    nodata = src.nodata
-    for k, top in enumerate(rows):
-        h = min(tile, height - top)
-        try:
-            pixels = src.read(window=Window(0, top, width, h), out_dtype="float32")
-        except Exception as err:  # noqa: BLE001 - GDAL's errors are not all OSErrors
-            cause = err.__cause__ or err  # rasterio: "Read failed. See previous exception"
+    for k, valid, strip in read_strips(src, scene, grid):
+        probabilities = row_probabilities(k, grid.cols, strip)
+        if len(probabilities) != len(grid.cols):
             raise PredictError(
-                f"{scene}: cannot read rows {top}..{top + h - 1} ({cause}); is the file complete?"
-            ) from None
-        valid = np.all(np.isfinite(pixels), axis=0)
-        if nodata is not None and not np.isnan(nodata):
-            valid &= ~np.any(pixels == nodata, axis=0)
-        strip = np.where(valid[..., None], np.moveaxis(pixels, 0, -1), 0.0).astype(np.float32)
-        strip = _pad(strip, tile, padded_width)
-        for batch in _batches(cols, cfg.batch_size):
-            tiles = np.stack([strip[:, x : x + tile] for x in batch])
-            probabilities = np.asarray(model(tiles), dtype=np.float64)
-            for x, p in zip(batch, probabilities, strict=True):
-                total[:, x : x + tile] += p * weight
-                weights[:, x : x + tile] += weight
+                f"{scene}: {len(probabilities)} windows answered in row {k}, "
+                f"{len(grid.cols)} expected"
+            )
+        for x, p in zip(grid.cols, probabilities, strict=True):
+            total[:, x : x + tile] += np.asarray(p, dtype=np.float64) * weight
+            weights[:, x : x + tile] += weight
 
-        bottom = rows[k + 1] if k + 1 < len(rows) else height
+        top, bottom = grid.rows[k], grid.bottom(k)
         done = bottom - top
         probability = (total[:done, :width] / weights[:done, :width]).astype(np.float32)
         ok = valid[:done]
@@ -641,7 +730,7 @@ def _predict(src, scene, model, out_mask, cfg, out_probabilities, outputs, say) 
         say(f"  rows {top}..{bottom - 1} of {height} done")
 
     tags = {
-        "model": model.source,
+        "model": model_source,
         "tile": str(tile),
         "overlap": str(cfg.overlap),
         "threshold": str(cfg.threshold),

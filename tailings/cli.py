@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tailings.common import (
     EXIT_FAILED,
@@ -24,10 +25,15 @@ from tailings.common import (
     check_writable,
     os_error_line,
     say,
+    tensorflow_noise_filtered,
 )
+from tailings.compile_cli import add_compile
 from tailings.labels_cli import add_labels
 from tailings.serving_cli import add_predict, add_serve
 from tailings.stats_cli import add_report, add_stats
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 DEFAULT_DATA = Path("data/brazil-tailings")
 
@@ -135,11 +141,12 @@ class _QuietShardWriteFailures(logging.Filter):
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from data.convert import shard_write_failure
-
-        return shard_write_failure(record.getMessage()) is None
+        return self._shard_write_failure(record.getMessage()) is None
 
     def __enter__(self) -> None:
+        from data.convert import shard_write_failure  # once, not on every log record
+
+        self._shard_write_failure = shard_write_failure
         for name in self.LOGGERS:
             logging.getLogger(name).addFilter(self)
 
@@ -196,7 +203,9 @@ def _add_run(sub) -> None:
         description=(
             "Run the TFX pipeline with the local runner (SQLite ML Metadata). Exit codes: "
             "0 blessed and pushed; 3 ran fine but not blessed (nothing pushed); "
-            "4 data anomalies stopped the run; 1 any other error."
+            "4 data anomalies stopped the run; 1 any other error. Arguments after `--` go to "
+            "every Beam-powered component unchanged (e.g. -- --runner=PortableRunner "
+            "--job_endpoint=localhost:8099)."
         ),
     )
     p.add_argument("--data", type=Path, default=d.data_dir, help="folder with img/ and mask/")
@@ -265,11 +274,24 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         overrides=tuple(args.overrides),
         workers=args.workers,
         thresholds=thresholds,
+        beam_args=tuple(beam_args),
     )
     try:
         cfg.trainer()  # a bad --set fails here, before any component runs
     except ValueError as err:
         raise CliError(f"--set {err}") from None
+    if not (cfg.data_dir / "img").is_dir() or not (cfg.data_dir / "mask").is_dir():
+        # As run_pipeline says it; here before --output-dir is created.
+        raise CliError(
+            f"{cfg.data_dir} must hold img/ and mask/ folders (try `tailings fetch-data`)"
+        )
+    if beam_args:  # Beam's own checks (about 5 s of imports), before anything runs
+        from pipeline.beam_args import BeamArgsError, check_beam_args
+
+        try:
+            check_beam_args(beam_args)
+        except BeamArgsError as err:
+            raise CliError(f"-- {err}") from None
     excluded = _exclusions(cfg.data_dir / "img", cfg.data_dir / "mask", cfg.data_dir)
     if excluded:
         say(f"labels.yaml: {len(excluded)} pair(s) excluded by review: {', '.join(excluded)}")
@@ -337,24 +359,43 @@ def _add_schema(sub) -> None:
 
 def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.config import PipelineConfig
-    from pipeline.schema_draft import statistics_from_examples, statistics_from_run, write_draft
 
+    # The input and --out are checked before TFDV and TensorFlow load (about 10 s).
+    check_writable(args.out, "--out", is_file=True)
+    cfg = PipelineConfig(output_dir=args.output_dir)
     try:
+        if args.examples is not None:
+            from data.reader import shard_files
+
+            shard_files(args.examples)  # a folder without shards: FileNotFoundError
+        else:
+            _check_statistics_recorded(cfg, args.run)
+        from pipeline.schema_draft import statistics_from_examples, statistics_from_run
+
         if args.examples is not None:
             stats = statistics_from_examples(args.examples)
         else:
-            cfg = PipelineConfig(output_dir=args.output_dir)
-            if not cfg.metadata_path.exists():
-                raise CliError(
-                    f"no metadata store at {cfg.metadata_path}; "
-                    "run `tailings run` or pass --examples"
-                )
             stats = statistics_from_run(cfg, args.run)
     except (FileNotFoundError, KeyError) as err:
         raise CliError(str(err).strip("'\"")) from None
+    from pipeline.schema_draft import write_draft
+
     out = write_draft(stats, args.out)
     say(f"wrote {out}; review it against schemas/schema.pbtxt (the curated schema is unchanged)")
     return EXIT_OK
+
+
+def _check_statistics_recorded(cfg: PipelineConfig, run_id: str | None) -> None:
+    """The store, the run and its StatisticsGen output exist (ML Metadata only, no TFX)."""
+    from pipeline import metadata, nodes
+
+    if not cfg.metadata_path.exists():
+        raise CliError(
+            f"no metadata store at {cfg.metadata_path}; run `tailings run` or pass --examples"
+        )
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path), verify=True), run_id)
+    if run is None or run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS) is None:
+        raise CliError(f"no StatisticsGen output in run {run_id or 'latest'}")
 
 
 # --------------------------------------------------------------------------- main
@@ -362,6 +403,7 @@ VERBS: tuple[Callable, ...] = (
     _add_convert,
     _add_fetch,
     _add_run,
+    add_compile,
     _add_runs,
     _add_schema,
     add_stats,
@@ -384,10 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with tensorflow_noise_filtered():  # TensorFlow's start-up lines, wherever a verb loads it
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     own, beam_args = _split_passthrough(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own)
-    if beam_args and args.verb != "convert":
-        build_parser().error(f"`--` pass-through options are only for convert, not {args.verb}")
+    if beam_args and args.verb not in ("convert", "run", "compile", "predict"):
+        build_parser().error(
+            f"`--` pass-through options are for convert, run, compile and predict, not {args.verb}"
+        )
     start = time.monotonic()
     try:
         code = args.func(args, beam_args)

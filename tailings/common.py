@@ -2,24 +2,156 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
+import re
+import select
 import sys
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 # TFX/TFMA 1.16 need Keras-2 SavedModels; must be set before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TensorFlow's C++ log: 2 drops INFO and WARNING (cpu_feature_guard, "TF-TRT Warning: Could not
+# find TensorRT"), keeps ERROR. Read once, when TensorFlow's C++ library loads. Whether the user
+# chose a level decides whether `tensorflow_noise_filtered` filters anything (see there).
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Google client libraries warn about Python 3.10 on import; TFX 1.16 cannot run on newer Python.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
+# The same two warnings in the processes a verb starts (Beam's workers), which inherit the
+# environment, not the filter above; a user's own PYTHONWARNINGS is left as it is.
+os.environ.setdefault(
+    "PYTHONWARNINGS",
+    "ignore::FutureWarning:google.api_core._python_version_support,"
+    "ignore::FutureWarning:google.auth.transport.grpc",
+)
 # Library chatter that says nothing to a user of the command line (full logs: `run` log files).
 logging.getLogger("apache_beam.io.tfrecordio").setLevel(logging.ERROR)
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 from data.errors import EXIT_FAILED, EXIT_OK, TailingsError, os_reason  # noqa: E402,F401
+
+# What TensorFlow's C++ library prints at ERROR level while it loads on a machine without a GPU:
+# XLA's CUDA plugins registering twice ("Unable to register cuFFT factory: Attempting to register
+# factory for plugin cuFFT when one has already been registered", likewise cuDNN and cuBLAS).
+# Harmless, and only TF_CPP_MIN_LOG_LEVEL=3 hides them, which would hide every real C++ error
+# too. The INFO and WARNING lines are here as well, for a user who set a lower level.
+TF_STARTUP_NOISE = re.compile(
+    rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin"
+    rb"|cpu_feature_guard\.cc:\d+\]"
+    rb"|TF-TRT Warning: Could not find TensorRT"
+    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
+)
+
+
+@contextlib.contextmanager
+def stderr_filtered(noise: re.Pattern[bytes]) -> Iterator[None]:
+    """While the block runs, whatever reaches file descriptor 2 (Python, C++ libraries, child
+    processes such as Beam's workers) goes through a pipe, and a thread passes it on to the
+    real stderr as it comes, without the lines `noise` matches. A line without its newline yet
+    (a prompt) is passed on after 0.1 s. When the block ends, fd 2 is stderr again and what was
+    written so far has been passed on."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to filter
+        yield
+        return
+    _TERMINAL.append(os.isatty(saved))
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):  # Linux: room for bursts (1 MiB)
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 2**20)
+    out = os.dup(saved)  # the thread's own: it may outlive the block if a writer lingers
+    stop = threading.Event()
+    passer = threading.Thread(
+        target=_pass_lines, args=(read_end, out, noise, stop), name="stderr-filter", daemon=True
+    )
+    passer.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        _TERMINAL.pop()
+        stop.set()
+        passer.join(timeout=5)
+
+
+# Whether the stderr each active `stderr_filtered` passes lines on to is a terminal (innermost
+# last): inside the filter fd 2 is a pipe, but a progress bar is still for a person's eyes.
+_TERMINAL: list[bool] = []
+
+
+def stderr_is_terminal() -> bool:
+    """Whether what goes to stderr reaches a terminal, also through `stderr_filtered`."""
+    if _TERMINAL:
+        return _TERMINAL[0]
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
+
+
+def _pass_lines(read_end: int, out: int, noise: re.Pattern[bytes], stop: threading.Event) -> None:
+    """`stderr_filtered`'s thread: read the pipe until every writer closed it, or until `stop`
+    is set and nothing more is waiting in it."""
+    pending = b""
+
+    def write(data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            while data:
+                data = data[os.write(out, data) :]
+
+    try:
+        while True:
+            # Read before waiting: what was written before `stop` was set is in the pipe now,
+            # so a wait that finds the pipe empty after it means everything was passed on.
+            stopping = stop.is_set()
+            ready, _, _ = select.select([read_end], [], [], 0.1)
+            if not ready:
+                if pending:
+                    write(pending)
+                    pending = b""
+                if stopping:
+                    break
+                continue
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            write(b"".join(line + b"\n" for line in lines if not noise.search(line)))
+        if pending and not noise.search(pending):
+            write(pending)
+    finally:
+        os.close(read_end)
+        os.close(out)
+
+
+@contextlib.contextmanager
+def tensorflow_noise_filtered() -> Iterator[None]:
+    """Keep TensorFlow's start-up chatter (`TF_STARTUP_NOISE`) from the user for the whole
+    verb, from this process and from the processes it starts (Beam's workers load TensorFlow
+    too); every other line, errors included, still shows, as it is written.
+
+    The lines come from C++ as TensorFlow's library loads, before Python could stop them, hence
+    a filter on the file descriptor (`stderr_filtered`). A user who set TF_CPP_MIN_LOG_LEVEL
+    gets exactly that level and no filter."""
+    if USER_TF_LOG_LEVEL is not None:
+        yield
+        return
+    with stderr_filtered(TF_STARTUP_NOISE):
+        yield
 
 
 class CliError(TailingsError):

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import threading
 from pathlib import Path
 
-from tailings.common import EXIT_OK, CliError, check_writable, say
+from tailings.common import (
+    EXIT_OK,
+    TF_STARTUP_NOISE,
+    CliError,
+    check_writable,
+    say,
+    stderr_filtered,
+    stderr_is_terminal,
+)
 
 
 # --------------------------------------------------------------------------- serve
@@ -192,17 +201,34 @@ def add_predict(sub) -> None:
     d = PredictConfig()
     p = sub.add_parser(
         "predict",
-        help="predict a tailings mask for a whole GeoTIFF scene (in-process or via a server)",
+        help="predict tailings masks for whole GeoTIFF scenes (in-process, via a server, on Beam)",
         description=(
-            "Slide overlapping windows over SCENE (a 3-band float GeoTIFF: B2, B3, B4 "
+            "Slide overlapping windows over each SCENE (a 3-band float GeoTIFF: B2, B3, B4 "
             "reflectance, any size), blend them, and write a uint8 mask (1 tailings, 0 "
             "background, 255 no data) as a Cloud-Optimized GeoTIFF on the scene's grid. Prints "
-            "the tailings pixel count and area in hectares. The model runs in this process "
-            "(--model) or behind TF Serving's REST API (--server); both give the same output."
+            "the tailings pixel count and area in hectares. One scene: --out MASK. Several "
+            "(files, folders, quoted glob patterns): --out-dir DIR gets <name>.mask.tif per "
+            "scene and summary.csv / summary.geojson; a scene that fails is reported there "
+            "and the others still run (exit 6 if some failed, 1 if all did). The model runs "
+            "in this process (--model), behind TF Serving's REST or gRPC API (--server), or in "
+            "Beam's RunInference (--beam; Beam options after `--`); all give the same output."
         ),
     )
-    p.add_argument("scene", type=Path, help="input GeoTIFF")
-    p.add_argument("--out", type=Path, required=True, help="output mask GeoTIFF")
+    p.add_argument(
+        "scenes",
+        nargs="+",
+        metavar="SCENE",
+        help="input GeoTIFF(s); with --out-dir also folders (their *.tif) and quoted glob "
+        "patterns ('scenes/**/*.tif')",
+    )
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, help="output mask GeoTIFF (one scene)")
+    out.add_argument(
+        "--out-dir",
+        type=Path,
+        metavar="DIR",
+        help="output folder for several scenes: <name>.mask.tif each, summary.csv, summary.geojson",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--server",
@@ -216,8 +242,36 @@ def add_predict(sub) -> None:
     p.add_argument(
         "--model-name", default=MODEL_NAME, help="model name on the server (%(default)s)"
     )
-    p.add_argument("--probabilities", type=Path, help="also write float32 probabilities here")
-    p.add_argument("--polygons", type=Path, help="also write tailings polygons as GeoJSON here")
+    p.add_argument(
+        "--probabilities",
+        nargs="?",
+        const=PER_SCENE,
+        type=Path,
+        metavar="FILE",
+        help="also write float32 probabilities: to FILE (--out), or as <name>.probabilities.tif "
+        "per scene (--out-dir, no FILE)",
+    )
+    p.add_argument(
+        "--polygons",
+        nargs="?",
+        const=PER_SCENE,
+        type=Path,
+        metavar="FILE",
+        help="also write tailings polygons as GeoJSON: to FILE (--out), or as "
+        "<name>.polygons.geojson per scene (--out-dir, no FILE)",
+    )
+    p.add_argument(
+        "--beam",
+        action="store_true",
+        help="with --out-dir and --model: predict in a Beam pipeline (RunInference); Beam "
+        "options after `--` (e.g. -- --runner=PortableRunner --job_endpoint=HOST:8099)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="--beam on the DirectRunner: worker processes (default: %(default)s)",
+    )
     p.add_argument("--threshold", type=float, default=d.threshold, help="default: %(default)s")
     p.add_argument(
         "--tile",
@@ -238,12 +292,28 @@ def add_predict(sub) -> None:
     p.set_defaults(func=_predict)
 
 
+# What each Beam worker process prints while it starts, besides TensorFlow's own start-up lines:
+# Google's client libraries' FutureWarnings (Python 3.10, grpcio versions) with the source line
+# Python echoes after each, and two Beam warnings about options the DirectRunner sets itself.
+# Errors and everything else still show.
+BEAM_WORKER_NOISE = re.compile(
+    TF_STARTUP_NOISE.pattern
+    + rb"|/google/[\w/]+\.py:\d+: FutureWarning: "
+    + rb"|^\s+warnings\.warn\((message, FutureWarning\))?$"
+    + rb"|No semi_persistent_directory found"
+    + rb"|Discarding unparseable args"
+)
+
+# `--probabilities` / `--polygons` without a file: one per scene in --out-dir.
+PER_SCENE = Path("\0per-scene")
+
+
 def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
-    """Every flag, the scene's header and the model folder are checked before TensorFlow or
+    """Every flag, the scenes' headers and the model folder are checked before TensorFlow or
     the model loads (seconds to half a minute): a wrong input costs under a second, one line."""
     from urllib.parse import urlsplit
 
-    from serving.config import MODEL_NAME_RE, MODELS_DIR, PredictConfig
+    from serving.config import MODEL_NAME_RE, PredictConfig
 
     try:
         cfg = PredictConfig(
@@ -263,33 +333,70 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
                 f"--server {args.server}: not a server URL such as http://127.0.0.1:8501 "
                 "or grpc://127.0.0.1:8500"
             )
-    if not args.scene.is_file():  # as serving.predict.open_scene says it, before numpy loads
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    beam = args.beam or bool(beam_args)
+    if args.out is not None:
+        if beam or args.workers != 1:
+            raise CliError(
+                "--beam, --workers and Beam options predict several scenes: use --out-dir"
+            )
+        return _predict_one(args, cfg)
+    if beam and args.server:
         raise CliError(
-            f"{args.scene}: " + ("not a file" if args.scene.exists() else "no such file")
+            "--beam runs the model inside Beam's workers (RunInference): pass --model, not --server"
         )
+    return _predict_fleet(args, cfg, beam, beam_args)
+
+
+def _model_dir(args: argparse.Namespace) -> Path:
+    from serving.config import MODELS_DIR
+
+    return args.model or MODELS_DIR / args.model_name
+
+
+def _open_model(args: argparse.Namespace, cfg):
+    """The model in this process (--model) or behind a server (--server)."""
+    from serving.predict import LocalModel, RemoteModel
+
+    if args.server:
+        return RemoteModel.connect(args.server, args.model_name, cfg.timeout_seconds)
+    return LocalModel.open(_model_dir(args))
+
+
+def _predict_one(args: argparse.Namespace, cfg) -> int:
+    """`tailings predict SCENE --out MASK`: one scene, its result printed."""
+    scene = Path(args.scenes[0])
+    several = scene.is_dir() or (not scene.exists() and any(c in str(scene) for c in "*?["))
+    if len(args.scenes) != 1 or several:
+        raise CliError(
+            "--out writes one scene's mask; for several scenes, a folder or a pattern "
+            "use --out-dir DIR"
+        )
+    for flag, value in (("--probabilities", args.probabilities), ("--polygons", args.polygons)):
+        if value is PER_SCENE:
+            raise CliError(f"{flag}: give the FILE to write (one per scene is for --out-dir)")
+    if not scene.is_file():  # as serving.predict.open_scene says it, before numpy loads
+        raise CliError(f"{scene}: " + ("not a file" if scene.exists() else "no such file"))
     from serving.predict import find_version_dir, inspect_scene, resolution_warning
 
-    info = inspect_scene(args.scene)  # the header only: GeoTIFF, 3 float bands, CRS, grid
+    info = inspect_scene(scene)  # the header only: GeoTIFF, 3 float bands, CRS, grid
     warning = resolution_warning(info, allow=args.allow_resolution)
     if warning:
         say(f"tailings predict: warning: {warning}")
     outputs = [args.out, args.probabilities, args.polygons]
-    if args.scene.resolve() in {o.resolve() for o in outputs if o is not None}:
-        raise CliError(f"{args.scene}: an output would overwrite the input scene")
+    if scene.resolve() in {o.resolve() for o in outputs if o is not None}:
+        raise CliError(f"{scene}: an output would overwrite the input scene")
     for flag, path in zip(("--out", "--probabilities", "--polygons"), outputs, strict=True):
         if path is not None:  # before the model loads and the scene is read
             check_writable(path, flag, is_file=True)
     if not args.server:  # the folder and its saved_model.pb; loading it waits until the end
-        find_version_dir(args.model or MODELS_DIR / args.model_name)
-    from serving.predict import LocalModel, RemoteModel, predict_scene
+        find_version_dir(_model_dir(args))
+    from serving.predict import predict_scene
 
-    if args.server:
-        model = RemoteModel.connect(args.server, args.model_name, cfg.timeout_seconds)
-    else:
-        model = LocalModel.open(args.model or MODELS_DIR / args.model_name)
     result = predict_scene(
-        args.scene,
-        model,
+        scene,
+        _open_model(args, cfg),
         args.out,
         cfg,
         out_probabilities=args.probabilities,
@@ -299,3 +406,85 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
     for line in result.lines():
         say(line)
     return EXIT_OK
+
+
+def _predict_fleet(args: argparse.Namespace, cfg, beam: bool, beam_args: list[str]) -> int:
+    """`tailings predict SCENE... --out-dir DIR`: every scene, one model load, one summary."""
+    for flag, value in (("--probabilities", args.probabilities), ("--polygons", args.polygons)):
+        if value not in (None, PER_SCENE):
+            raise CliError(
+                f"{flag} {value}: with --out-dir it takes no FILE (each scene's goes to "
+                "DIR/<name>...)"
+            )
+    check_writable(args.out_dir, "--out-dir")
+    if beam:  # Beam's own checks, before any scene is read or the pipeline is built
+        from pipeline.beam_args import check_beam_args, runner_name
+
+        runner = runner_name(beam_args)
+        if "Dataflow" in runner:
+            raise CliError(
+                f"--runner {runner}: `tailings predict --beam` reads scenes and writes --out-dir "
+                "as local files, which Dataflow's workers cannot reach; use the DirectRunner or "
+                "a portable runner (Flink, Spark) whose workers share this file system"
+            )
+        check_beam_args(beam_args, local=False)
+    from data.lock import output_lock
+    from serving.fleet import (
+        FleetOutputs,
+        FleetProgress,
+        exit_code,
+        find_scenes,
+        name_scenes,
+        plan_fleet,
+        predict_fleet,
+        write_summary,
+    )
+    from serving.predict import find_version_dir
+
+    version_dir = None if args.server else find_version_dir(_model_dir(args))
+    paths, missing = find_scenes(args.scenes)
+    jobs = name_scenes(paths)
+    outputs = FleetOutputs(args.out_dir, args.probabilities is not None, args.polygons is not None)
+    with output_lock(args.out_dir, "predict", say):
+        plan = plan_fleet(
+            jobs,
+            cfg,
+            args.allow_resolution,
+            warn=lambda warning: say(f"tailings predict: warning: {warning}"),
+            missing=missing,
+        )
+        for record in plan.failed:
+            say(f"tailings predict: {record.error}")
+        say(
+            f"{len(plan.ready)} of {len(plan.ready) + len(plan.failed)} scene(s) to predict "
+            f"({plan.windows} windows of {cfg.tile}) into {args.out_dir}"
+        )
+        if not plan.ready:
+            records = list(plan.failed)
+            write_summary(args.out_dir, records)
+        elif beam:
+            from data.convert import pipeline_options
+            from serving.fleet_beam import predict_fleet_beam
+
+            options = pipeline_options(args.workers, beam_args)
+            say(f"predicting on Beam ({runner}) ...")
+            with stderr_filtered(BEAM_WORKER_NOISE):
+                records = predict_fleet_beam(plan, version_dir, outputs, cfg, options, say=say)
+            write_summary(args.out_dir, records)
+        else:
+            model = _open_model(args, cfg)
+            progress = FleetProgress(
+                len(plan.ready), plan.windows, say, terminal=stderr_is_terminal()
+            )
+            records = predict_fleet(plan, model, outputs, cfg, progress)
+    done = [r for r in records if r.status == "ok"]
+    failed = [r for r in records if r.status != "ok"]
+    hectares = sum(r.tailings_ha for r in done)
+    say(
+        f"{len(done)} of {len(records)} scene(s) predicted, {len(failed)} failed; "
+        f"tailings {hectares:.2f} ha in all"
+    )
+    for record in failed:
+        say(f"  failed: {record.error}")
+    say(f"wrote {args.out_dir}/summary.csv and summary.geojson")
+    return exit_code(records)

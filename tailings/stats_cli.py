@@ -9,6 +9,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from data.errors import EXIT_ANOMALIES
 from tailings.common import EXIT_OK, CliError, cannot_write, check_writable, say
 
 LATEST = "latest"
@@ -34,11 +35,13 @@ def add_stats(sub) -> None:
         "stats",
         help="data statistics of a run or a TFRecord folder: tables, anomalies, drift, HTML",
         description=(
-            "Show TFDV statistics per split (count, missing, mean, std, min, max, zeros, "
-            "histogram), anomalies and rejected pairs of a pipeline run (the latest by default), "
-            "or of a folder of converted TFRecords with --examples. --html writes one offline "
-            "page with histograms and example thumbnails; --compare measures drift against "
-            "another run with the thresholds set in schemas/schema.pbtxt."
+            "Show TFDV statistics per split (count, missing, zeros, mean, std, min, median, "
+            "max, histogram), anomalies and rejected pairs of a pipeline run (the latest by "
+            "default), or of a folder of converted TFRecords with --examples: each feature's "
+            "splits side by side, with TFDV's skew between the train split and the others. "
+            "--html writes one offline page with histograms and example thumbnails. --compare "
+            "measures drift against a reference (a run, a TFRecord folder or a statistics "
+            "file) with the thresholds set in schemas/schema.pbtxt, and exits 4 on drift."
         ),
     )
     source = p.add_mutually_exclusive_group()
@@ -58,7 +61,13 @@ def add_stats(sub) -> None:
     p.add_argument(
         "--html", type=Path, metavar="FILE", help="also write a self-contained HTML page here"
     )
-    p.add_argument("--compare", metavar="RUN_ID", help="measure drift against this run")
+    p.add_argument(
+        "--compare",
+        metavar="REF",
+        help="measure drift against REF: a run id, a folder of *.tfrecord.gz, or a TFDV "
+        "statistics file (e.g. a run's StatisticsGen Split-train/FeatureStats.pb); "
+        f"exit {EXIT_ANOMALIES} if any feature drifts",
+    )
     _output_dir_argument(p)
     p.set_defaults(func=_stats)
 
@@ -69,6 +78,17 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     if args.examples is not None and args.split != ALL_SPLITS:
         raise CliError("--split applies to runs; a TFRecord folder has no train/eval splits")
+    if args.compare:
+        _check_reference(args.compare)
+    if args.examples is not None:  # the folder and its shards, before TensorFlow loads
+        from data.reader import shard_files
+
+        if not args.examples.exists():
+            raise CliError(f"--examples folder does not exist: {args.examples}")
+        try:
+            shard_files(args.examples)
+        except FileNotFoundError as err:
+            raise CliError(str(err)) from None
     if args.html:  # before TensorFlow loads and TFDV spends minutes on statistics
         check_writable(args.html, "--html", is_file=True)
     from pipeline.reports import drift as drift_lib
@@ -77,23 +97,46 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.reports.terminal import stats_lines
 
     cfg = PipelineConfig(output_dir=args.output_dir)
+    schema = drift_lib.load_schema()
+    drift = reference = None
+    if args.compare:  # first: an unknown run id or a bad file is found before minutes of TFDV
+        if Path(args.compare).is_dir():
+            say(f"computing statistics of {args.compare} with TFDV ...")
+        reference = stats.load_reference(args.compare, cfg)
     if args.examples is not None:
         say(f"computing statistics of {args.examples} with TFDV ...")
         data = stats.from_examples(args.examples)
     else:
         data = stats.from_run(cfg, args.run)
+    skew = drift_lib.skew(data, schema)  # before --split: the train split is the baseline
     if args.split != ALL_SPLITS:
         data = data.only(args.split)
-    drift = reference = None
-    if args.compare:
-        reference = stats.from_run(cfg, args.compare)
-        drift = drift_lib.compare(data, reference, drift_lib.load_schema())
-    for line in stats_lines(data, drift, reference):
+        skew = [d for d in skew if d.split == args.split]
+    if reference is not None:
+        drift = drift_lib.compare(data, reference, schema)
+    for line in stats_lines(data, drift, reference, skew):
         print(line)
     if args.html:
         say(f"rendering {args.html} ...")
-        _write(args.html, stats_html(data, drift, reference))
+        _write(args.html, stats_html(data, drift, reference, skew))
+    if drift is not None and drift_lib.found(drift):
+        drifted = sorted({d.feature for d in drift if d.drifted or d.problem})
+        say(f"drift against {reference.source}: {', '.join(drifted)} (exit {EXIT_ANOMALIES})")
+        return EXIT_ANOMALIES
     return EXIT_OK
+
+
+# What a statistics file or a TFRecord folder looks like, to tell a mistyped path from a run id.
+PATH_SUFFIXES = (".pb", ".pbtxt", ".txt", ".tfrecord", ".stats")
+
+
+def _check_reference(spec: str) -> None:
+    """A --compare path that does not exist is refused now, not after minutes of statistics
+    (a run id is looked up in the metadata store later)."""
+    path = Path(spec)
+    if path.exists() or not ("/" in spec or path.suffix in PATH_SUFFIXES):
+        return
+    raise CliError(f"--compare {spec}: no such folder or statistics file")
 
 
 # --------------------------------------------------------------------------- report

@@ -22,6 +22,14 @@ class ReportConfig:
     folder_split: str = "folder"
     # ...and compared for drift with this split of the other run (what the model learned from).
     drift_reference_split: str = TRAIN
+    # A statistics file's dataset without a name (and not under StatisticsGen's Split-<name>).
+    file_split: str = "file"
+    # Skew (TFDV's skew comparator) is measured between this split and each other split.
+    skew_reference_split: str = TRAIN
+    # Terminal histograms: every split (and the reference) re-bucketed onto one shared range.
+    shared_buckets: int = 10
+    # Quantiles shown in the HTML tables (TFDV keeps deciles: 0.1 steps only).
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     # Terminal histogram: one character per TFDV bucket, low to high.
     sparkline: str = "▁▂▃▄▅▆▇█"
     # Matplotlib output, embedded as base64 PNG.

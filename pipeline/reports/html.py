@@ -25,6 +25,8 @@ td:first-child, th:first-child { text-align: left; }
 td.text, th.text { text-align: left; }
 tr.bad td { background: #fde8e8; color: #8a1c1c; font-weight: 600; }
 tr.good td { background: #e8f6ec; }
+tr.ref td { color: #5b6775; font-style: italic; }
+tr.group td { border-top: 2px solid #c9d1da; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
 .card { border: 1px solid #dde2e8; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
 .card b { display: block; font-size: 20px; }

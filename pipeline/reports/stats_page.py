@@ -7,23 +7,61 @@ from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
 from pipeline.reports.drift import Drift, split_pairs
 from pipeline.reports.stats import DataStats, FeatureRow, feature_rows, read_examples
-from pipeline.reports.terminal import display_name, number
+from pipeline.reports.terminal import (
+    REFERENCE_PREFIX,
+    comparison_text,
+    display_name,
+    feature_table,
+    number,
+    percent,
+)
+from schemas import features as F
 
-FEATURE_HEADERS = ("feature", "count", "missing", "mean", "std", "min", "max", "zeros", "notes")
+FEATURE_HEADERS = (
+    "feature",
+    "split",
+    "count",
+    "missing",
+    "zeros",
+    "mean",
+    "std",
+    "min",
+    "p10",
+    "median",
+    "p90",
+    "max",
+    "notes",
+)
 
 
 def stats_html(
     data: DataStats,
     drift: list[Drift] | None = None,
     reference: DataStats | None = None,
+    skew: list[Drift] | None = None,
     rc: ReportConfig = DEFAULTS,
 ) -> str:
-    """The whole page: summary cards, anomalies, drift, tables, histograms, rejects, thumbnails."""
-    body = [_cards(data, drift)]
+    """The whole page: summary cards, anomalies, skew, drift, tables, histograms, rejects,
+    thumbnails."""
+    body = [_cards(data, drift, skew)]
     body.append(_anomalies(data))
+    if skew:
+        body.append(
+            _comparisons(
+                f"Skew between {rc.skew_reference_split} and the other splits",
+                "TFDV's <code>skew_comparator</code> between the train split and each other split",
+                skew,
+            )
+        )
     if drift is not None and reference is not None:
-        body.append(_drift(drift, reference))
-    body.append(_tables(data))
+        body.append(
+            _comparisons(
+                f"Drift against {reference.source}",
+                "TFDV's <code>drift_comparator</code> between each split and the reference split",
+                drift,
+            )
+        )
+    body.append(_tables(data, drift, reference, skew, rc))
     body.append(_histograms(data, reference, rc))
     body.append(_rejected(data))
     body.append(_thumbnails(data, rc))
@@ -31,15 +69,18 @@ def stats_html(
     return h.page(f"Data statistics: {data.source}", subtitle, body)
 
 
-def _cards(data: DataStats, drift: list[Drift] | None) -> str:
+def _cards(data: DataStats, drift: list[Drift] | None, skew: list[Drift] | None) -> str:
     cards = [
         h.card("examples" if split == "examples" else f"{split} examples", d.num_examples)
         for split, d in data.statistics.items()
     ]
     cards.append(h.card("anomalies", len(data.anomalies), "bad" if data.anomalies else "good"))
     cards.append(h.card("rejected pairs", len(data.rejected), "bad" if data.rejected else ""))
+    if skew:
+        skewed = len({d.feature for d in skew if d.drifted})
+        cards.append(h.card("skewed features", skewed, "bad" if skewed else "good"))
     if drift is not None:
-        drifted = len({d.feature for d in drift if d.drifted})
+        drifted = len({d.feature for d in drift if d.drifted or d.problem})
         cards.append(h.card("drifted features", drifted, "bad" if drifted else "good"))
     return "<div class='cards'>" + "".join(cards) + "</div>"
 
@@ -58,71 +99,106 @@ def _anomalies(data: DataStats) -> str:
     )
 
 
-def _drift(drift: list[Drift], reference: DataStats) -> str:
-    drifted = sum(d.drifted for d in drift)
-    summary = (
-        h.note(f"{drifted} of {len(drift)} measurements above their threshold.", "alert")
-        if drifted
-        else h.note(f"No drift: all {len(drift)} measurements within their thresholds.")
-    )
+def _comparisons(title: str, intro: str, found: list[Drift]) -> str:
+    above = sum(d.drifted for d in found)
+    unmeasured = sum(bool(d.problem) for d in found)
+    if above or unmeasured:
+        text = f"{above} of {len(found)} measurements above their threshold"
+        text += f", {unmeasured} not measured." if unmeasured else "."
+        summary = h.note(text, "alert")
+    else:
+        summary = h.note(f"None: all {len(found)} measurements within their thresholds.")
     rows = [
         (
             d.split,
             d.reference_split,
             d.feature,
             d.measure,
-            f"{d.value:.4f}",
-            f"{d.threshold:.4f}",
-            "DRIFT" if d.drifted else "ok",
+            number(d.value),
+            f"{d.threshold:g}",
+            d.verdict,
         )
-        for d in drift
+        for d in found
     ]
     return h.section(
-        f"Drift against {reference.source}",
-        "<p>TFDV's comparators between each split and the reference split; thresholds are the "
-        "<code>drift_comparator</code> settings in <code>schemas/schema.pbtxt</code>.</p>",
+        title,
+        f"<p>{intro}; thresholds are the settings in <code>schemas/schema.pbtxt</code>.</p>",
         summary,
         h.table(
-            ("split", "reference split", "feature", "measure", "value", "threshold", "verdict"),
+            ("split", "against", "feature", "measure", "value", "threshold", "verdict"),
             rows,
-            ["bad" if d.drifted else "" for d in drift],
+            ["bad" if d.drifted or d.problem else "" for d in found],
             text_columns=(0, 1, 2, 3, 6),
         ),
     )
 
 
-def _row_cells(row: FeatureRow) -> tuple:
+def _row_cells(row: FeatureRow, name: str, split: str, compared: str, rc: ReportConfig) -> tuple:
     if row.kind == "numeric":
-        values = [number(v) for v in (row.mean, row.std, row.min, row.max)]
-        return (display_name(row), row.count, row.missing, *values, row.zeros, "")
-    return (display_name(row), row.count, row.missing, "-", "-", "-", "-", "-", row.note)
+        p10, median, p90 = (row.quantile(q) for q in rc.quantiles)
+        values = [number(v) for v in (row.mean, row.std, row.min, p10, row.median, p90, row.max)]
+        zeros = percent(row.zeros_percent)
+        return (name, split, row.count, percent(row.missing_percent), zeros, *values, compared)
+    cells = (name, split, row.count, percent(row.missing_percent))
+    return (*cells, *["-"] * 8, "; ".join(x for x in (row.note, compared) if x))
 
 
-def _tables(data: DataStats) -> str:
+def _tables(
+    data: DataStats,
+    drift: list[Drift] | None,
+    reference: DataStats | None,
+    skew: list[Drift] | None,
+    rc: ReportConfig,
+) -> str:
     anomalous = {(a.split, a.feature) for a in data.anomalies}
-    parts = [
-        "<p>Per feature; <code>name[3]</code> marks a feature with three values per example "
-        "(one per band B2, B3, B4), which TFDV summarises together.</p>"
-    ]
-    for split, dataset in data.statistics.items():
-        rows = feature_rows(dataset)
-        parts.append(f"<h3>{h.esc(split)}: {dataset.num_examples} examples</h3>")
-        parts.append(
-            h.table(
-                FEATURE_HEADERS,
-                [_row_cells(r) for r in rows],
-                ["bad" if (split, r.name) in anomalous else "" for r in rows],
-                text_columns=(0, 8),
-            )
+    compared: dict[tuple[str, str], list[Drift]] = {}
+    for d in (skew or []) + (drift or []):
+        compared.setdefault((d.split, d.feature), []).append(d)
+    rows, classes = [], []
+    for _, group in feature_table(data, drift, reference, rc):
+        for index, (split, row, is_ref) in enumerate(group):
+            found = compared.get((split, row.name), [])
+            text = "; ".join(comparison_text(d) for d in found)
+            rows.append(_row_cells(row, display_name(row) if index == 0 else "", split, text, rc))
+            bad = (split, row.name) in anomalous or any(d.drifted or d.problem for d in found)
+            css = "bad" if bad else ("ref" if is_ref else "")
+            classes.append(f"{css} group".strip() if index == 0 else css)
+    intro = (
+        "<p>Every feature with its splits side by side"
+        + (
+            f"; rows <i>{REFERENCE_PREFIX}split</i> are {h.esc(reference.source)}"
+            if reference and drift is not None
+            else ""
         )
-    return h.section("Features", *parts)
+        + ". <b>missing</b>: share of examples without the feature; <b>zeros</b>: share of its "
+        "values equal to 0; <b>p10, median, p90</b>: TFDV's quantiles. "
+        "<code>name[3]</code> holds one value per band (B2, B3, B4), which TFDV pools into one "
+        "distribution; <code>name_b2</code>, <code>_b3</code>, <code>_b4</code> are one band "
+        "each. <b>notes</b>: TFDV's skew against the train split and drift against the "
+        "reference, with the schema's threshold.</p>"
+    )
+    return h.section(
+        "Features",
+        intro,
+        h.table(FEATURE_HEADERS, rows, classes, text_columns=(0, 1, 12)),
+    )
 
 
 def _histograms(data: DataStats, reference: DataStats | None, rc: ReportConfig) -> str:
     by_feature: dict[str, list[plots.Series]] = {}
+    pooled = set()
     for split, dataset in data.statistics.items():
-        for row in feature_rows(dataset):
-            if row.kind == "numeric" and row.histogram:
+        rows = feature_rows(dataset)
+        one_band = any(r.name in F.PER_BAND_FEATURES for r in rows)  # not in older data
+        for row in rows:
+            if (
+                row.kind == "numeric"
+                and row.histogram
+                and row.name in F.BAND_STATISTICS
+                and one_band
+            ):
+                pooled.add(display_name(row))  # bands mixed: drawn one band each instead
+            elif row.kind == "numeric" and row.histogram:
                 by_feature.setdefault(row.name, []).append(plots.Series(split, row.histogram))
     if reference is not None:
         used = sorted({ref for _, ref in split_pairs(data, reference, rc)})
@@ -140,8 +216,14 @@ def _histograms(data: DataStats, reference: DataStats | None, rc: ReportConfig) 
     return h.section(
         "Histograms",
         "<p>TFDV's equal-width histograms as densities, splits overlaid"
-        + ("; the reference run dashed" if reference is not None else "")
+        + ("; the reference dashed" if reference is not None else "")
         + (f". Constant, so not drawn: {h.esc(', '.join(constant))}" if constant else "")
+        + (
+            f". Not drawn, bands pooled (see the one-band features): "
+            f"{h.esc(', '.join(sorted(pooled)))}"
+            if pooled
+            else ""
+        )
         + ".</p>",
         "<div class='grid'>" + "".join(figures) + "</div>",
     )

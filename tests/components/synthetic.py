@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from components.config import TransformConfig
+from data.examples import summary_values
 from schemas import features as F
 
 BAND_NAMES = (b"B2", b"B3", b"B4")
@@ -41,7 +42,6 @@ def make_pair(
 def raw_instance(pair_id: str, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """A raw example in TFT's instance-dict form, with every feature of the spec."""
     height, width, bands = image.shape
-    pixels = image.reshape(-1, bands)
     return {
         F.PAIR_ID: pair_id.encode(),
         F.IMAGE: image.astype(F.IMAGE_DTYPE).tobytes(),
@@ -53,11 +53,7 @@ def raw_instance(pair_id: str, image: np.ndarray, mask: np.ndarray) -> dict[str,
         F.CRS_WKT: b"",
         F.EPSG: 32723,
         F.TRANSFORM: [10.0, 0.0, 500000.0, 0.0, -10.0, 7000000.0],
-        F.BAND_MEAN: pixels.mean(axis=0).tolist(),
-        F.BAND_STD: pixels.std(axis=0).tolist(),
-        F.BAND_MIN: pixels.min(axis=0).tolist(),
-        F.BAND_MAX: pixels.max(axis=0).tolist(),
-        F.TAILINGS_FRACTION: float(mask.mean()),
+        **summary_values(image, mask),  # band vectors, one scalar per band, tailings fraction
     }
 
 

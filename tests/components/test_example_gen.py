@@ -43,6 +43,17 @@ def test_fingerprint_covers_the_labels_file_content(tmp_path):
     assert input_fingerprint(str(tmp_path)) == without
 
 
+def test_fingerprint_changes_with_the_features_an_example_carries(tmp_path, monkeypatch):
+    """An output folder made before a feature existed must not keep its cached examples."""
+    from schemas import features
+
+    make_pairs(tmp_path, 2, size=(16, 16))
+    before = input_fingerprint(str(tmp_path))
+    spec = features.feature_spec()
+    monkeypatch.setattr(features, "feature_spec", lambda: {**spec, "band_median_b4": None})
+    assert input_fingerprint(str(tmp_path)) != before
+
+
 def test_fingerprint_skips_a_dangling_symlink(tmp_path):
     make_pairs(tmp_path, 2, size=(16, 16))
     before = input_fingerprint(str(tmp_path))

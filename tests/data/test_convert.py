@@ -92,6 +92,34 @@ def test_every_good_pair_is_still_converted_exactly(bad_run):
         np.testing.assert_array_equal(mask, read_pixels(root / "mask" / f"mask_{pair_id}.tif")[0])
 
 
+def test_each_band_has_its_own_summary_features(bad_run):
+    """TFDV pools a vector's values, so every band's statistics are also written one band each:
+    the same numbers as the vectors', which numpy computes from the source pixels."""
+    import tensorflow as tf
+
+    from schemas import features as F
+
+    root, _, _ = bad_run
+    spec = F.feature_spec()
+    records = tf.data.TFRecordDataset(shard_files(root / "out"), compression_type="GZIP")
+    for record in records:
+        example = tf.io.parse_single_example(record, spec)  # every band feature is present
+        pair_id = example[F.PAIR_ID].numpy().decode()
+        pixels = read_pixels(root / "img" / f"img_{pair_id}.tif").reshape(3, -1).astype(np.float64)
+        expected = {
+            F.BAND_MEAN: pixels.mean(axis=1),
+            F.BAND_STD: pixels.std(axis=1),
+            F.BAND_MIN: pixels.min(axis=1),
+            F.BAND_MAX: pixels.max(axis=1),
+        }
+        for statistic, values in expected.items():
+            np.testing.assert_allclose(example[statistic].numpy(), values, rtol=1e-6)
+            for band, value in zip(F.BAND_ORDER, values, strict=True):
+                one = example[F.band_feature(statistic, band)].numpy()
+                assert one == example[statistic].numpy()[F.BAND_ORDER.index(band)]
+                assert one == pytest.approx(value, rel=1e-6)
+
+
 def test_summary_json_counts_reasons_and_bytes(bad_run):
     root, expected, _ = bad_run
     summary = json.loads((root / "out" / "summary.json").read_text())

@@ -154,3 +154,39 @@ def test_tailings_runs_on_a_damaged_store_is_one_line(tmp_path):
         "forgotten)"
     ]
     assert "Traceback" not in out.stderr
+
+
+def test_the_keys_and_metric_names_are_the_components_own():
+    # pipeline.nodes spells them out so that `tailings runs` needs no TFX or TensorFlow.
+    from components.example_gen import EXAMPLES_KEY, REPORT_KEY
+    from components.facility_metrics import FACILITY_RECALL
+    from components.metrics import IOU, PIXEL_ACCURACY
+
+    assert (nodes.EXAMPLES, nodes.CONVERSION_REPORT) == (EXAMPLES_KEY, REPORT_KEY)
+    assert (nodes.PIXEL_ACCURACY, nodes.IOU, nodes.FACILITY_RECALL) == (
+        PIXEL_ACCURACY,
+        IOU,
+        FACILITY_RECALL,
+    )
+
+
+def test_the_store_is_opened_once_for_all_runs(tmp_path, monkeypatch):
+    from pipeline import metadata
+
+    cfg = PipelineConfig(output_dir=tmp_path / "outputs")
+    cfg.output_dir.mkdir()
+    builder = StoreBuilder(cfg.metadata_path)
+    for i in range(3):
+        builder.run(f"run-{i}", {node: "COMPLETE" for node in FULL_RUN})
+    del builder
+    opened = []
+    real_open_store = metadata.open_store
+
+    def open_store(*args, **kwargs):
+        opened.append(args)
+        return real_open_store(*args, **kwargs)
+
+    monkeypatch.setattr(metadata, "open_store", open_store)
+
+    assert len(list_runs(cfg)) == 1 + 3
+    assert len(opened) == 1

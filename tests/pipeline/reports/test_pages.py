@@ -12,7 +12,9 @@ from matplotlib import image as mpimg
 
 from pipeline.reports import drift as drift_lib
 from pipeline.reports.run_report import load_report, report_html
+from pipeline.reports.stats import DataStats, feature_rows
 from pipeline.reports.stats_page import stats_html
+from schemas import features as F
 from tests.pipeline.reports.chromium import find_chromium, render
 
 # Anything that would make a browser fetch: src/href/url() not pointing into the page itself.
@@ -42,6 +44,27 @@ def compare_page(bright_stats, run_stats, tmp_path_factory) -> Path:
     found = drift_lib.compare(bright_stats, run_stats, drift_lib.load_schema())
     path = tmp_path_factory.mktemp("pages") / "compare.html"
     path.write_text(stats_html(bright_stats, found, run_stats))
+    return path
+
+
+@pytest.fixture(scope="module")
+def red_page(red_stats, same_stats, tmp_path_factory) -> Path:
+    """Only the red band drifts: new imagery against the training folder."""
+    found = drift_lib.compare(red_stats, same_stats, drift_lib.load_schema())
+    path = tmp_path_factory.mktemp("pages") / "red.html"
+    path.write_text(stats_html(red_stats, found, same_stats))
+    return path
+
+
+@pytest.fixture(scope="module")
+def split_page(same_stats, red_stats, tmp_path_factory) -> Path:
+    """A run-like dataset: train, and an eval split skewed in the red band."""
+    data = DataStats(
+        "run x",
+        {"train": same_stats.statistics["folder"], "eval": red_stats.statistics["folder"]},
+    )
+    path = tmp_path_factory.mktemp("pages") / "splits.html"
+    path.write_text(stats_html(data, skew=drift_lib.skew(data, drift_lib.load_schema())))
     return path
 
 
@@ -94,27 +117,66 @@ def images(page: str) -> list[str]:
     return re.findall(r"<img src='([^']*)'", page)
 
 
-def test_folder_page_shows_tables_histograms_rejects_and_thumbnails(folder_page):
+def drawn_features(data) -> list[str]:
+    """Numeric features with a histogram on the page: not constant, not pooled over bands."""
+    rows = [r for d in data.statistics.values() for r in feature_rows(d) if r.kind == "numeric"]
+    return sorted({r.name for r in rows if r.name not in F.BAND_STATISTICS and r.min != r.max})
+
+
+def test_folder_page_shows_tables_histograms_rejects_and_thumbnails(folder_page, same_stats):
     page = folder_page.read_text()
     assert not EXTERNAL.search(page), EXTERNAL.search(page)
-    assert "<h3>folder: 14 examples</h3>" in page
-    assert "band_mean[3]" in page and "tailings_fraction" in page
+    assert "<b>14</b>folder examples" in page
+    assert "band_mean[3]" in page and "band_mean_b4" in page and "tailings_fraction" in page
+    assert "<th>p10</th><th>median</th><th>p90</th>" in page
     assert "<td class='text'>broken</td><td class='text'>mask_values</td>" in page
     assert "No anomalies" in page
     shown = images(page)
     assert all(src.startswith("data:image/png;base64,") for src in shown)
-    # histograms of the 6 non-constant numeric features + 4 thumbnails (one split)
-    assert page.count("histogram'") == 6 and len(shown) == 6 + 4
+    # one histogram per band and summary feature (the pooled vectors are not drawn), 4 thumbnails
+    drawn = drawn_features(same_stats)
+    assert {F.band_feature(F.BAND_MEAN, b) for b in F.BAND_ORDER} <= set(drawn)
+    assert re.findall(r"alt='([\w\[\]]+) histogram'", page) == drawn
+    assert len(shown) == len(drawn) + 4
+    assert "Not drawn, bands pooled (see the one-band features): band_max[3], band_mean[3]" in page
+
+
+def test_red_band_page_flags_only_the_red_band(red_page):
+    page = red_page.read_text()
+    assert not EXTERNAL.search(page)
+    drifted = re.findall(
+        r"<tr class='bad'><td class='text'>folder</td><td class='text'>folder"
+        r"</td><td class='text'>(\w+)</td>",
+        page,
+    )
+    assert drifted and all(name.endswith("_b4") for name in drifted), drifted
+    assert (
+        f"{len(drifted)} of {len(F.COMPARED_FEATURES)} measurements above their threshold" in page
+    )
+    # the side-by-side table: the reference folder's row right under the drifted split's row
+    assert re.search(
+        r"<tr class='bad group'><td class='text'>band_\w+_b4</td>.*?DRIFT</td></tr>"
+        r"<tr class='ref'><td class='text'></td><td class='text'>ref folder</td>",
+        page,
+    )
+
+
+def test_split_page_shows_skew_between_train_and_eval(split_page):
+    page = split_page.read_text()
+    assert "Skew between train and the other splits" in page
+    assert "skewed features" in page
+    assert "<td class='text'>eval</td><td class='text'>train</td>" in page
 
 
 @pytest.mark.slow
 def test_compare_page_highlights_the_drifted_features(compare_page):
     page = compare_page.read_text()
     assert not EXTERNAL.search(page)
-    assert "4 of 5 measurements above their threshold" in page
     drifted_rows = re.findall(r"<tr class='bad'><td class='text'>folder</td>.*?</tr>", page)
-    assert len(drifted_rows) == 4 and all("DRIFT" in row for row in drifted_rows)
-    assert "the reference run dashed" in page
+    assert drifted_rows and all("DRIFT" in row for row in drifted_rows)
+    total = len(F.COMPARED_FEATURES)
+    assert f"{len(drifted_rows)} of {total} measurements above their threshold" in page
+    assert "the reference dashed" in page
 
 
 @pytest.mark.slow
@@ -156,6 +218,11 @@ def assert_offline_and_visible(page: Path, chromium: str) -> None:
 @pytest.mark.slow
 def test_pages_render_in_chromium_without_network(chromium, compare_page, run_page):
     for page in (compare_page, run_page):
+        assert_offline_and_visible(page, chromium)
+
+
+def test_stats_pages_render_in_chromium_without_network(chromium, red_page, split_page):
+    for page in (red_page, split_page):
         assert_offline_and_visible(page, chromium)
 
 

@@ -1,0 +1,178 @@
+"""Start-up of `tailings`: what each verb imports before it answers, and what TensorFlow's
+start-up prints. Times are measured by benchmarks/startup.py, not asserted here; these tests
+check the causes: which modules load, and which lines reach stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from tests.conftest import PROJECT_ROOT
+from tests.fixtures.geotiffs import scene, write_geotiff
+from tests.pipeline.test_metadata import StoreBuilder
+from tests.pipeline.test_runs import FULL_RUN
+
+HEAVY = ("tensorflow", "tfx", "apache_beam", "tensorflow_model_analysis", "tensorflow_transform")
+CUDA_NOISE = ("Unable to register cuFFT", "Unable to register cuDNN", "Unable to register cuBLAS")
+
+
+def _env(**changes: str | None) -> dict[str, str]:
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell: tailings chooses the level
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def _tailings(*args: str, **env: str | None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tailings", *args],
+        cwd=PROJECT_ROOT,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _heavy_modules_after(argv: list[str]) -> tuple[int, list[str]]:
+    """Run `tailings.cli.main(argv)` in a fresh interpreter; its exit code and the heavy
+    libraries it imported."""
+    code = (
+        "import json, sys\n"
+        "from tailings.cli import main\n"
+        f"rc = main({argv!r})\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "print(json.dumps([rc, heavy]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    rc, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    return rc, heavy
+
+
+def test_tailings_runs_imports_no_tensorflow_tfx_or_beam(tmp_path):
+    cfg = PipelineConfig(output_dir=tmp_path / "outputs")
+    cfg.output_dir.mkdir()
+    builder = StoreBuilder(cfg.metadata_path)
+    builder.run("complete", {node: "COMPLETE" for node in FULL_RUN})
+    del builder
+
+    rc, heavy = _heavy_modules_after(["runs", "--output-dir", str(cfg.output_dir)])
+
+    assert rc == 0
+    assert heavy == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["convert", "--images", "{missing}", "--masks", "{missing}", "--output", "{tmp}/out"],
+        ["fetch-data", "--source", "{missing}", "--dest", "{tmp}/data"],
+        ["run", "--data", "{missing}", "--output-dir", "{tmp}/out"],
+        ["runs", "--output-dir", "{missing}"],
+        ["schema", "infer", "--examples", "{missing}", "--out", "{tmp}/draft.pbtxt"],
+        ["schema", "infer", "--output-dir", "{missing}", "--out", "{tmp}/draft.pbtxt"],
+        ["predict", "{missing}/scene.tif", "--out", "{tmp}/mask.tif"],
+        ["labels", "review", "--data", "{missing}", "--out", "{tmp}/review"],
+    ],
+    ids=lambda argv: " ".join(a for a in argv if "{" not in a),
+)
+def test_a_bad_input_path_is_refused_before_heavy_imports(tmp_path, argv):
+    missing = tmp_path / "missing"
+    argv = [a.format(missing=missing, tmp=tmp_path) for a in argv]
+
+    rc, heavy = _heavy_modules_after(argv)
+
+    assert rc == 1
+    assert heavy == []
+    assert not (tmp_path / "out").exists()  # nothing written for a job that cannot start
+
+
+def test_tensorflow_start_up_noise_does_not_reach_the_user(tmp_path):
+    # `tailings predict` loads TensorFlow to open the model; this one is not a SavedModel, so
+    # the verb stops right after TensorFlow loaded, with its own one-line error.
+    image, _ = scene(64, 64)
+    write_geotiff(tmp_path / "scene.tif", image, descriptions=("B2", "B3", "B4"))
+    (tmp_path / "model" / "1").mkdir(parents=True)
+    (tmp_path / "model" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    argv = ("predict", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "mask.tif"))
+    argv += ("--model", str(tmp_path / "model"))
+
+    done = _tailings(*argv)
+    # The same command with TF_CPP_MIN_LOG_LEVEL chosen by the user: nothing is filtered, so
+    # the lines are there to filter (were they not, the first check would prove nothing).
+    unfiltered = _tailings(*argv, TF_CPP_MIN_LOG_LEVEL="2")
+
+    assert done.returncode == unfiltered.returncode == 1
+    assert all(noise in unfiltered.stderr for noise in CUDA_NOISE), unfiltered.stderr
+    assert not any(noise in done.stderr for noise in CUDA_NOISE), done.stderr
+    assert "cpu_feature_guard" not in done.stderr and "TF-TRT" not in done.stderr
+    # The verb's real error still shows, as the only line.
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("tailings predict: error: ") and "saved_model.pb" in line, line
+
+
+def test_the_stderr_filter_drops_only_the_noise_and_keeps_the_order(tmp_path):
+    # Written at the file-descriptor level, as C++ and child processes (Beam's workers) write:
+    # noise lines between real ones, the last without a newline.
+    code = (
+        "import os, sys, subprocess\n"
+        "from tailings.common import TF_STARTUP_NOISE, stderr_filtered\n"
+        "with stderr_filtered(TF_STARTUP_NOISE):\n"
+        "    os.write(2, b'E real error one\\n')\n"
+        "    os.write(2, b'2026-01-01 E external/local_xla/xla/stream_executor/cuda/"
+        "cuda_fft.cc:479] Unable to register cuFFT factory: Attempting to register factory "
+        "for plugin cuFFT when one has already been registered\\n')\n"
+        "    print('from python', file=sys.stderr)\n"
+        "    subprocess.run(['sh', '-c', 'echo from a child >&2; echo "
+        '"I tensorflow/core/platform/cpu_feature_guard.cc:210] optimized" >&2\'])\n'
+        "    os.write(2, b'last')\n"
+        "print(' after', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=_env(), capture_output=True
+    )
+
+    assert done.returncode == 0
+    assert done.stderr == b"E real error one\nfrom python\nfrom a child\nlast after\n"
+
+
+def test_child_processes_do_not_warn_about_python_310(tmp_path):
+    # Beam's worker processes inherit the environment, not the parent's warning filters; the
+    # google client libraries they import warn about Python 3.10 (a FutureWarning each).
+    child = "import google.api_core.client_options, google.auth.transport.grpc"
+    code = (
+        "import subprocess, sys\n"
+        "import tailings.common\n"
+        f"subprocess.run([sys.executable, '-c', {child!r}], check=True)\n"
+    )
+    bare = subprocess.run(
+        [sys.executable, "-c", child], env=_env(PYTHONWARNINGS=None), capture_output=True
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=_env(PYTHONWARNINGS=None),
+        capture_output=True,
+        text=True,
+    )
+
+    assert b"FutureWarning" in bare.stderr  # else there is nothing to keep from the user
+    assert done.returncode == 0
+    assert "FutureWarning" not in done.stderr, done.stderr
