@@ -29,6 +29,7 @@ from tailings.common import (
 )
 from tailings.compile_cli import add_compile
 from tailings.labels_cli import add_labels
+from tailings.pipeline_args import add_pipeline_arguments, check_trainer_settings, pipeline_settings
 from tailings.serving_cli import add_predict, add_serve
 from tailings.stats_cli import add_report, add_stats
 
@@ -193,10 +194,9 @@ def _fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 # --------------------------------------------------------------------------- run
 def _add_run(sub) -> None:
-    from components.config import PRESETS
-    from pipeline.config import PipelineConfig, Thresholds
+    from pipeline.config import PipelineConfig
 
-    d, t = PipelineConfig(), Thresholds()
+    d = PipelineConfig()
     p = sub.add_parser(
         "run",
         help="run the TFX pipeline: validate, transform, train, evaluate, push a blessed model",
@@ -209,18 +209,6 @@ def _add_run(sub) -> None:
         ),
     )
     p.add_argument("--data", type=Path, default=d.data_dir, help="folder with img/ and mask/")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset, help="model preset")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PART.FIELD=VALUE",
-        help="change one Trainer setting of the preset, e.g. --set "
-        "model.test_time_augmentation=none or --set train.batch_size=8 (repeatable; fields: "
-        "components/config.py)",
-    )
     p.add_argument(
         "--output-dir",
         type=Path,
@@ -228,58 +216,21 @@ def _add_run(sub) -> None:
         help="pipeline root, metadata DB and logs (default: %(default)s)",
     )
     p.add_argument("--serving-dir", type=Path, default=d.serving_dir, help="default: %(default)s")
-    p.add_argument("--model-name", default=d.model_name, help="default: %(default)s")
-    for flag, default, what in (
-        ("--min-pixel-accuracy", t.min_pixel_accuracy, "pixel accuracy"),
-        ("--min-accuracy-gain", t.min_accuracy_gain, "pixel accuracy minus all-background's"),
-        ("--min-facility-recall", t.min_facility_recall, "share of facilities found"),
-        ("--min-iou", t.min_iou, "tailings IoU"),
-    ):
-        p.add_argument(
-            flag,
-            type=float,
-            default=default,
-            help=f"blessing threshold on the scene split: {what} (default: %(default)s)",
-        )
-    p.add_argument("--workers", type=int, default=d.workers, help="Beam workers")
+    add_pipeline_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from pipeline.config import PipelineConfig, Thresholds
-    from serving.config import MODEL_NAME_RE
+    from pipeline.config import PipelineConfig
 
-    if not MODEL_NAME_RE.fullmatch(args.model_name):
-        raise CliError(f"--model-name {args.model_name!r}: use letters, digits, '_', '.', '-'")
-    if args.workers < 1:
-        raise CliError(f"--workers must be at least 1, got {args.workers}")
-    if args.epochs is not None and args.epochs < 1:
-        raise CliError(f"--epochs must be at least 1, got {args.epochs}")
-    try:
-        thresholds = Thresholds(
-            min_pixel_accuracy=args.min_pixel_accuracy,
-            min_accuracy_gain=args.min_accuracy_gain,
-            min_facility_recall=args.min_facility_recall,
-            min_iou=args.min_iou,
-        )
-    except ValueError as err:
-        raise CliError(str(err)) from None
     cfg = PipelineConfig(
         data_dir=args.data,
         output_dir=args.output_dir,
         serving_dir=args.serving_dir,
-        model_name=args.model_name,
-        preset=args.preset,
-        epochs=args.epochs,
-        overrides=tuple(args.overrides),
-        workers=args.workers,
-        thresholds=thresholds,
         beam_args=tuple(beam_args),
+        **pipeline_settings(args),
     )
-    try:
-        cfg.trainer()  # a bad --set fails here, before any component runs
-    except ValueError as err:
-        raise CliError(f"--set {err}") from None
+    check_trainer_settings(cfg)
     if not (cfg.data_dir / "img").is_dir() or not (cfg.data_dir / "mask").is_dir():
         # As run_pipeline says it; here before --output-dir is created.
         raise CliError(

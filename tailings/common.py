@@ -158,6 +158,15 @@ class CliError(TailingsError):
     """A bad flag or input found by the command line itself: one line to stderr, exit 1."""
 
 
+def check_model_name(name: str) -> str:
+    """`--model-name` of every verb: a folder name under the serving directory, never a path."""
+    from serving.config import MODEL_NAME_RE
+
+    if not MODEL_NAME_RE.fullmatch(name):
+        raise CliError(f"--model-name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
 def say(message: str) -> None:
     """Progress and results go to stderr, so stdout stays clean for piping."""
     print(message, file=sys.stderr, flush=True)

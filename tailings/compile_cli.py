@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from tailings.common import EXIT_OK, CliError, check_writable, say
+from tailings.pipeline_args import add_pipeline_arguments, check_trainer_settings, pipeline_settings
 
 # An image reference: [registry/]path[:tag][@sha256:digest], no spaces.
 IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?", re.IGNORECASE)
@@ -17,10 +18,6 @@ BEAM_RUNNERS = ("DirectRunner", "DataflowRunner")
 
 
 def add_compile(sub) -> None:
-    from components.config import PRESETS
-    from pipeline.config import PipelineConfig, Thresholds
-
-    d, t = PipelineConfig(), Thresholds()
     p = sub.add_parser(
         "compile",
         help="compile the pipeline for Vertex AI Pipelines or Kubeflow Pipelines (KFP v2 JSON)",
@@ -47,7 +44,6 @@ def add_compile(sub) -> None:
         metavar="URI",
         help="where the Pusher writes <model-name>/<version> (default: <root>/serving)",
     )
-    p.add_argument("--model-name", default=d.model_name, help="default: %(default)s")
     p.add_argument(
         "--beam-runner",
         choices=BEAM_RUNNERS,
@@ -63,24 +59,7 @@ def add_compile(sub) -> None:
         metavar="URI",
         help="Dataflow: gs://... for temporary files (default: <root>/beam-tmp)",
     )
-    p.add_argument("--workers", type=int, default=d.workers, help="DirectRunner workers")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset, help="model preset")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PART.FIELD=VALUE",
-        help="change one Trainer setting of the preset (as `tailings run --set`)",
-    )
-    for flag, default in (
-        ("--min-pixel-accuracy", t.min_pixel_accuracy),
-        ("--min-accuracy-gain", t.min_accuracy_gain),
-        ("--min-facility-recall", t.min_facility_recall),
-        ("--min-iou", t.min_iou),
-    ):
-        p.add_argument(flag, type=float, default=default, help="as `tailings run`")
+    add_pipeline_arguments(p)  # as `tailings run`
     p.set_defaults(func=_compile)
 
 
@@ -95,17 +74,11 @@ def _uri(value: str, flag: str, gcs_only: bool) -> str:
 
 
 def _compile(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from pipeline.config import PipelineConfig, RemoteLocations, Thresholds
-    from serving.config import MODEL_NAME_RE
+    from pipeline.config import PipelineConfig, RemoteLocations
 
     if not IMAGE_RE.fullmatch(args.image):
         raise CliError(f"--image {args.image!r} is not an image reference (registry/name:tag)")
-    if not MODEL_NAME_RE.fullmatch(args.model_name):
-        raise CliError(f"--model-name {args.model_name!r}: use letters, digits, '_', '.', '-'")
-    if args.workers < 1:
-        raise CliError(f"--workers must be at least 1, got {args.workers}")
-    if args.epochs is not None and args.epochs < 1:
-        raise CliError(f"--epochs must be at least 1, got {args.epochs}")
+    settings = pipeline_settings(args)
     vertex = args.target == "vertex"
     root = _uri(args.pipeline_root, "--pipeline-root", vertex)
     data = _uri(args.data or f"{root}/data", "--data", vertex)
@@ -115,15 +88,6 @@ def _compile(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise CliError("--project, --region and --temp-location are for --beam-runner Dataflow")
     if any(a == "--runner" or a.startswith("--runner=") for a in beam_args) and dataflow:
         raise CliError("give the runner once: --beam-runner or `-- --runner=...`, not both")
-    try:
-        thresholds = Thresholds(
-            min_pixel_accuracy=args.min_pixel_accuracy,
-            min_accuracy_gain=args.min_accuracy_gain,
-            min_facility_recall=args.min_facility_recall,
-            min_iou=args.min_iou,
-        )
-    except ValueError as err:
-        raise CliError(str(err)) from None
 
     from pipeline.beam_args import BeamArgsError, check_beam_args, direct_args
     from pipeline.compile import dataflow_args
@@ -141,19 +105,11 @@ def _compile(args: argparse.Namespace, beam_args: list[str]) -> int:
     except BeamArgsError as err:
         raise CliError(str(err)) from None
     cfg = PipelineConfig(
-        model_name=args.model_name,
-        preset=args.preset,
-        epochs=args.epochs,
-        overrides=tuple(args.overrides),
-        workers=args.workers,
-        thresholds=thresholds,
         beam_args=tuple(options),
         remote=RemoteLocations(pipeline_root=root, data=data, serving=serving),
+        **settings,
     )
-    try:
-        cfg.trainer()  # a bad --set fails here
-    except ValueError as err:
-        raise CliError(f"--set {err}") from None
+    check_trainer_settings(cfg)
     check_writable(args.out, "--out", is_file=True)
 
     from pipeline.compile import compile_pipeline  # TFX: only once the input is fine

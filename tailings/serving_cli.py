@@ -12,6 +12,7 @@ from tailings.common import (
     EXIT_OK,
     TF_STARTUP_NOISE,
     CliError,
+    check_model_name,
     check_writable,
     say,
     stderr_filtered,
@@ -313,7 +314,7 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
     the model loads (seconds to half a minute): a wrong input costs under a second, one line."""
     from urllib.parse import urlsplit
 
-    from serving.config import MODEL_NAME_RE, PredictConfig
+    from serving.config import PredictConfig
 
     try:
         cfg = PredictConfig(
@@ -324,8 +325,7 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     except ValueError as err:
         raise CliError(str(err)) from None
-    if not MODEL_NAME_RE.fullmatch(args.model_name):
-        raise CliError(f"--model-name {args.model_name!r}: not a model name (letters, digits, _.-)")
+    check_model_name(args.model_name)
     if args.server is not None:
         url = urlsplit(args.server)
         if url.scheme not in ("http", "https", "grpc") or not url.netloc:

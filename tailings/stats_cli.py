@@ -80,6 +80,8 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise CliError("--split applies to runs; a TFRecord folder has no train/eval splits")
     if args.compare:
         _check_reference(args.compare)
+    if args.html:  # before TensorFlow loads and TFDV spends minutes on statistics
+        check_writable(args.html, "--html", is_file=True)
     if args.examples is not None:  # the folder and its shards, before TensorFlow loads
         from data.reader import shard_files
 
@@ -89,8 +91,6 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
             shard_files(args.examples)
         except FileNotFoundError as err:
             raise CliError(str(err)) from None
-    if args.html:  # before TensorFlow loads and TFDV spends minutes on statistics
-        check_writable(args.html, "--html", is_file=True)
     from pipeline.reports import drift as drift_lib
     from pipeline.reports import stats
     from pipeline.reports.stats_page import stats_html
