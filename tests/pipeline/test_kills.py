@@ -87,8 +87,13 @@ def attempt(root: Path, data: Path, kill: tuple[str, float] | None, *extra: str)
             if kill and line.startswith(f"> {kill[0]} ..."):
                 started.set()
 
+    out: list[str] = []
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    # stdout has its own reader: `communicate()` would read stderr too, racing `read` for its
+    # lines (a run's first lines, such as "took over the lock", were lost that way).
+    out_reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    out_reader.start()
     killed_at = None
     try:
         if kill is not None:
@@ -100,7 +105,7 @@ def attempt(root: Path, data: Path, kill: tuple[str, float] | None, *extra: str)
                 if proc.poll() is None:
                     os.kill(proc.pid, signal.SIGKILL)
                     killed_at = kill[0]
-        stdout = proc.communicate(timeout=ATTEMPT_TIMEOUT_S)[0]
+        proc.wait(timeout=ATTEMPT_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -109,7 +114,8 @@ def attempt(root: Path, data: Path, kill: tuple[str, float] | None, *extra: str)
         except ProcessLookupError:
             pass
     reader.join(timeout=10)
-    return Attempt(proc.pid, proc.returncode, killed_at, stdout, lines)
+    out_reader.join(timeout=10)
+    return Attempt(proc.pid, proc.returncode, killed_at, "".join(out), lines)
 
 
 def complete_versions(push_dir: Path) -> dict[str, str]:
