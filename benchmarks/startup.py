@@ -1,20 +1,25 @@
 """How fast does `tailings` answer? Whole processes, from exec to exit, as a user waits for them.
 
-Times `tailings --help`, `tailings runs` on a real pipeline output folder, a usage error of
-every verb, and a bad input path of every verb. Each command runs `--warmup` times uncounted
-(the page cache holds the libraries afterwards, as on any machine used twice), then `--runs`
-times; the median is the figure. Wall seconds and CPU seconds (user + system of the process
-and its children, from the kernel's accounting of each finished run) are recorded per run.
+Times `tailings --help`, `tailings runs` on a pipeline output folder whose runs recorded what
+`tailings runs` shows (`pipeline.runs.RunDigest`, written by `tailings run` since issue 17) and,
+with `--old-output-dir`, on one written before (its runs are read through TFMA), a usage error
+of every verb, a bad input path of every verb, and a run id the store does not know. Each
+command runs `--warmup` times uncounted (the page cache holds the libraries afterwards, as on
+any machine used twice), then `--runs` times; the median is the figure. Wall seconds and CPU
+seconds (user + system of the process and its children, from the kernel's accounting of each
+finished run) are recorded per run.
 
-Run it (about 5 minutes on a quiet 2-core machine):
+Run it (about 5 minutes on a quiet 2-core machine with --old-output-dir; each of its runs
+loads TensorFlow). A folder whose runs recorded their digest: `tailings run` (or the tests'
+tiny pipeline, `python -m tests.fixtures.run_tiny ROOT DATA`, then ROOT/outputs):
 
-    .venv/bin/python benchmarks/startup.py --output-dir /work/runs/a
+    .venv/bin/python benchmarks/startup.py --output-dir NEW_RUNS --old-output-dir /work/runs/a
     # another checkout (e.g. a `git worktree` of an older commit), same interpreter:
     .venv/bin/python benchmarks/startup.py --checkout /work/scratch/startup-before \\
-        --label before --no-write --json /tmp/before.json
+        --label before --no-write --json /tmp/before.json --output-dir NEW_RUNS
 
-It writes results/startup.json (every run, machine load before and after, versions) and
-results/startup.md (the table), and prints the table.
+It writes results/startup.json (every run, machine load before and after, versions, how many
+runs of each store carry a digest) and results/startup.md (the table), and prints the table.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ import _env  # noqa: F401 - first: the environment TensorFlow reads
 from _env import RESULTS, ROOT
 
 # (name, argv after `tailings`, expected exit code). {missing} is a path that does not exist,
-# {tmp} a fresh folder, {runs} the --output-dir of a real pipeline run.
+# {tmp} a fresh folder, {runs} --output-dir (runs with digests), {old_runs} --old-output-dir.
 COMMANDS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("help", ("--help",), 0),
     ("runs", ("runs", "--output-dir", "{runs}"), 0),
+    ("runs: store without digests", ("runs", "--output-dir", "{old_runs}"), 0),
     # usage errors (argparse, exit 2)
     ("usage: convert", ("convert", "--bogus"), 2),
     ("usage: fetch-data", ("fetch-data", "--bogus"), 2),
@@ -68,6 +74,13 @@ COMMANDS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("bad path: serve", ("serve", "--model-config", "{missing}/models.config"), 1),
     ("bad path: predict", ("predict", "{missing}/scene.tif", "--out", "{tmp}/mask.tif"), 1),
     ("bad path: labels review", ("labels", "review", "--data", "{missing}"), 1),
+    # a run id the store does not know (exit 1, one line)
+    ("unknown run: stats", ("stats", "--run", "nope", "--output-dir", "{runs}"), 1),
+    (
+        "unknown run: report",
+        ("report", "--run", "nope", "--html", "{tmp}/r.html", "--output-dir", "{runs}"),
+        1,
+    ),
 )
 
 
@@ -99,9 +112,16 @@ def measure(args: argparse.Namespace) -> dict:
     rows = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        fill = {"missing": f"{tmp}/missing", "tmp": tmp, "runs": str(args.output_dir)}
+        fill = {
+            "missing": f"{tmp}/missing",
+            "tmp": tmp,
+            "runs": str(args.output_dir),
+            "old_runs": str(args.old_output_dir),
+        }
         for name, argv, expected in COMMANDS:
             if names and name not in names:
+                continue
+            if "{old_runs}" in argv and args.old_output_dir is None:
                 continue
             full = [args.python, "-m", "tailings", *(a.format(**fill) for a in argv)]
             runs = [run_once(full, checkout, env) for _ in range(args.warmup + args.runs)]
@@ -139,9 +159,30 @@ def measure(args: argparse.Namespace) -> dict:
             "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
             "load_avg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {"warmup": args.warmup, "runs": args.runs, "output_dir": str(args.output_dir)},
+        "settings": {
+            "warmup": args.warmup,
+            "runs": args.runs,
+            "output_dir": str(args.output_dir),
+            "old_output_dir": str(args.old_output_dir) if args.old_output_dir else None,
+        },
+        "stores": {
+            str(d): digests(d) for d in (args.output_dir, args.old_output_dir) if d is not None
+        },
         "commands": rows,
     }
+
+
+def digests(output_dir: Path) -> dict[str, int]:
+    """How many of the store's runs carry the digest `tailings runs` reads (the others are
+    read through TFMA), with ML Metadata alone."""
+    from pipeline import metadata, nodes
+
+    store = metadata.open_store(str(output_dir / "metadata.sqlite"))
+    ids = metadata.run_ids(store)
+    recorded = [
+        i for i in ids if nodes.RUN_SUMMARY_PROPERTY in metadata.load_run(store, i).properties
+    ]
+    return {"runs": len(ids), "with_digest": len(recorded)}
 
 
 def _git(where: Path, *argv: str) -> str:
@@ -173,7 +214,18 @@ def table(results: list[dict]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("/work/runs/a"))
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        help="a pipeline output folder whose runs recorded their digest (a recent `tailings run`)",
+    )
+    parser.add_argument(
+        "--old-output-dir",
+        type=Path,
+        default=None,
+        help="also time `tailings runs` on a folder written before runs recorded a digest",
+    )
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the code to time")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--label", default="after")
@@ -186,8 +238,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write this run here")
     parser.add_argument("--no-write", action="store_true", help="do not write results/")
     args = parser.parse_args()
-    if not (args.output_dir / "metadata.sqlite").is_file():
-        parser.error(f"--output-dir {args.output_dir}: no metadata.sqlite (a pipeline run's)")
+    folders = (("--output-dir", args.output_dir), ("--old-output-dir", args.old_output_dir))
+    for flag, folder in folders:
+        if folder is not None and not (folder / "metadata.sqlite").is_file():
+            parser.error(f"{flag} {folder}: no metadata.sqlite (a pipeline run's)")
 
     result = measure(args)
     results = [result]
@@ -212,7 +266,8 @@ def main() -> int:
             "",
             f"Measured {result['when_utc']} on {result['machine']['cpus']} cores "
             f"({result['machine']['platform']}); load average (1, 5, 15 min) {loads}. "
-            f"`runs` reads {result['settings']['output_dir']}. "
+            f"`runs` reads {result['settings']['output_dir']}, `runs: store without digests` "
+            f"{result['settings']['old_output_dir']} ({result['stores']}). "
             "Made by `benchmarks/startup.py`; every run is in startup.json.",
             "",
             *lines,

@@ -1,7 +1,13 @@
 """Read an Evaluator's TFMA output back: overall metrics with intervals, per-tile rows, gates.
 
 Both Evaluators (scene split, centred eval tiles) write TFMA's standard output; the run
-summary, `tailings runs` and `tailings report` all read it through `load_evaluation`.
+summary and `tailings report` read it through `load_evaluation`, as does `tailings runs` for a
+run recorded without its summary (`pipeline.runs`).
+
+Importing this module costs nothing heavy: its types (`Estimate`, `Gate`) are what
+`tailings runs` shows from the summary a run recorded in ML Metadata, without TensorFlow. TFMA,
+and the metric modules that name the metrics beside TensorFlow and TFMA, load inside
+`load_evaluation`, which reads TFMA's files.
 """
 
 from __future__ import annotations
@@ -10,14 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from components.facility_metrics import (
-    LABELLED_SHARE,
-    MEDIAN_AREA_ERROR_HA,
-    PREDICTED_SHARE,
-    VALID_PIXELS,
-    WRONG_PIXELS,
-)
-from components.metrics import ACCURACY_GAIN, IOU
+from pipeline.nodes import IOU
 from schemas import features
 
 # Kinds of gate: a lower bound on the value, or a largest drop against the last blessed model.
@@ -28,19 +27,28 @@ DROP_GATE = "drop <="
 # (an AUC of 1.03 on a few examples); shown clipped to it.
 UNIT_RANGE = (0.0, 1.0)
 NON_NEGATIVE = (0.0, math.inf)
-RANGES = {
-    MEDIAN_AREA_ERROR_HA: NON_NEGATIVE,
-    VALID_PIXELS: NON_NEGATIVE,
-    WRONG_PIXELS: NON_NEGATIVE,
-    "example_count": NON_NEGATIVE,  # TFMA's ExampleCount
-    ACCURACY_GAIN: (-1.0, 1.0),
-}
+Ranges = dict[str, tuple[float, float]]
 
 
-def _clipped(name: str, bound: float | None) -> float | None:
+def _ranges() -> Ranges:
+    """The metrics whose range is not [0, 1]. Their names come from the metric modules, which
+    import TensorFlow and TFMA: read here, when an evaluation is loaded (with TFMA anyway)."""
+    from components.facility_metrics import MEDIAN_AREA_ERROR_HA, VALID_PIXELS, WRONG_PIXELS
+    from components.metrics import ACCURACY_GAIN
+
+    return {
+        MEDIAN_AREA_ERROR_HA: NON_NEGATIVE,
+        VALID_PIXELS: NON_NEGATIVE,
+        WRONG_PIXELS: NON_NEGATIVE,
+        "example_count": NON_NEGATIVE,  # TFMA's ExampleCount
+        ACCURACY_GAIN: (-1.0, 1.0),
+    }
+
+
+def _clipped(name: str, bound: float | None, ranges: Ranges) -> float | None:
     if bound is None:
         return None
-    low, high = RANGES.get(name, UNIT_RANGE)
+    low, high = ranges.get(name, UNIT_RANGE)
     return min(max(bound, low), high)
 
 
@@ -126,6 +134,9 @@ def load_evaluation(uri: str, split: str) -> SplitEvaluation:
     """Metrics (candidate model, not the diff against the baseline), tiles and gates."""
     import tensorflow_model_analysis as tfma
 
+    from components.facility_metrics import LABELLED_SHARE, PREDICTED_SHARE, WRONG_PIXELS
+
+    ranges = _ranges()
     result = SplitEvaluation(split=split)
     per_tile: dict[str, dict[str, float]] = {}
     for sliced in tfma.load_metrics(uri):
@@ -149,7 +160,7 @@ def load_evaluation(uri: str, split: str) -> SplitEvaluation:
                 low = _number(kv.confidence_interval.lower_bound)
                 high = _number(kv.confidence_interval.upper_bound)
             result.metrics[key.name] = Estimate(
-                value, _clipped(key.name, low), _clipped(key.name, high)
+                value, _clipped(key.name, low, ranges), _clipped(key.name, high, ranges)
             )
     total_wrong = result.metrics.get(WRONG_PIXELS, Estimate(0.0)).value
     result.tiles = sorted(

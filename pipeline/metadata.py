@@ -1,7 +1,9 @@
 """Read pipeline runs back from the ML Metadata store: which component produced what, when.
 
 ML Metadata records every execution and artifact; these helpers turn it into "the outputs of
-node X in run R", which the run summary, `tailings runs` and the reports need.
+node X in run R", which the run summary, `tailings runs` and the reports need. One write: the
+runner records on a finished run's context what `tailings runs` shows of it
+(`record_run_property`), with ML Metadata's API.
 
 The store is one SQLite file, `<output-dir>/metadata.sqlite`. A kill, a full disk or a bad copy
 can leave it truncated or overwritten; ML Metadata's C++ layer then fails with a long message
@@ -49,6 +51,8 @@ class RunRecord:
     run_id: str
     started_ms: int
     nodes: dict[str, NodeRun]
+    # The run context's own custom properties (what the runner recorded on it at the end).
+    properties: dict[str, int | float | str] = field(default_factory=dict)
 
     def artifact(self, node_id: str, key: str) -> metadata_store_pb2.Artifact | None:
         node = self.nodes.get(node_id)
@@ -58,6 +62,10 @@ class RunRecord:
 
 class MetadataStoreError(TailingsError):
     """The ML Metadata store cannot be read: one line naming the file and what is wrong."""
+
+
+class RunNotFound(TailingsError):
+    """No store, no runs in it, or no run with the id asked for: one line saying which."""
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -338,7 +346,61 @@ def load_run(
                 k: [artifacts[i] for i in v if i in artifacts] for k, v in outputs_by_id.items()
             },
         )
-    return RunRecord(run_id=run_id, started_ms=context.create_time_since_epoch, nodes=nodes)
+    return RunRecord(
+        run_id=run_id,
+        started_ms=context.create_time_since_epoch,
+        nodes=nodes,
+        properties={k: _value(v) for k, v in context.custom_properties.items()},
+    )
+
+
+def open_run(
+    sqlite_path: str | os.PathLike,
+    run_id: str | None,
+    no_store_hint: str = "run `tailings run` first",
+) -> RunRecord:
+    """One run (the latest when `run_id` is None or "latest") from the store at `sqlite_path`,
+    read with ML Metadata alone; `RunNotFound` naming what is missing, `MetadataStoreError` for
+    a damaged store. Verbs that read a run call it before they import TensorFlow, TFX or Beam,
+    so a mistyped run id costs a fraction of a second, not their imports."""
+    path = Path(sqlite_path)
+    if not os.path.lexists(path):
+        raise RunNotFound(f"no metadata store at {path}; {no_store_hint}")
+    store = open_store(path, verify=True)
+    try:
+        run = load_run(store, run_id)
+    except KeyError as err:
+        raise RunNotFound(str(err.args[0])) from None
+    if run is None:
+        raise RunNotFound(f"no runs recorded in {path}")
+    return run
+
+
+def record_run_property(sqlite_path: str | os.PathLike, run_id: str, name: str, text: str) -> None:
+    """Set the string custom property `name` of run `run_id`'s context, leaving the rest of the
+    context as it is (ML Metadata's field mask). `MetadataStoreError` in one line when the
+    store cannot be written or has no such run.
+
+    The runner records the run's summary this way when the run ends (`nodes.RUN_SUMMARY_PROPERTY`),
+    through ML Metadata's API as TFX writes the store, not with SQL of our own."""
+    path = Path(sqlite_path)
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(path)
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    try:
+        store = metadata_store.MetadataStore(config)
+        context = store.get_context_by_type_and_name(RUN_CONTEXT, run_id)
+        if context is None:
+            raise MetadataStoreError(f"{path}: no run {run_id!r} to record {name} on")
+        update = metadata_store_pb2.Context(
+            id=context.id, type_id=context.type_id, name=context.name
+        )
+        update.custom_properties[name].string_value = text
+        store.put_contexts([update], field_mask_paths=[f"custom_properties.{name}"])
+    except MetadataStoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - ML Metadata raises RuntimeError or its own types
+        raise MetadataStoreError(f"{path}: cannot record {name}: {_mlmd_reason(err)}") from None
 
 
 def node_id(store, execution) -> str:
@@ -355,7 +417,11 @@ def custom(artifact: metadata_store_pb2.Artifact | None, key: str):
         return None
     for props in (artifact.custom_properties, artifact.properties):
         if key in props:
-            value = props[key]
-            kind = value.WhichOneof("value")
-            return getattr(value, kind) if kind else None
+            return _value(props[key])
     return None
+
+
+def _value(value: metadata_store_pb2.Value):
+    """A property's int, float or string (None when unset; other kinds as ML Metadata has them)."""
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None

@@ -1,4 +1,5 @@
-"""Node ids of the pipeline and the output keys read back from ML Metadata, in one place.
+"""Node ids of the pipeline, the output keys read back from ML Metadata, and the run context's
+summary property, in one place.
 
 `pipeline.pipeline` gives the components these ids; the run summary, `tailings runs`, the
 reports and the tests read artifacts by them. Plain strings, no TFX: `tailings runs` imports
@@ -34,6 +35,13 @@ MODEL_RUN = "model_run"
 EVALUATION = "evaluation"
 BLESSING = "blessing"
 PUSHED_MODEL = "pushed_model"
+
+# What `tailings runs` shows of a run, recorded by the runner when the run ends as one custom
+# property of the run's ML Metadata context (JSON, `pipeline.runs.RunDigest`), so that listing
+# runs reads ML Metadata alone. A new layout gets a new format number; an unknown number is
+# read as no summary (the run's outputs are read instead).
+RUN_SUMMARY_PROPERTY = "tailings_summary"
+RUN_SUMMARY_FORMAT = 1
 
 # Metric names the Evaluators report, as `tailings runs` shows them (components.metrics and
 # components.facility_metrics define them beside TensorFlow and TFMA).

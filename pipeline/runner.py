@@ -3,9 +3,12 @@
 The terminal gets one line per component (start, end, duration, cached or not) and a summary;
 the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it does not bury them.
 
-`tailings runs` imports this module for `summarize_run`: at module level it imports only ML
-Metadata, the stdlib and this project's light modules; TFX, TensorFlow and the readers of the
-components' outputs load inside the functions that need them.
+When a run ends, what `tailings runs` shows of it is recorded on the run's ML Metadata context
+(`pipeline.runs.RunDigest`), so that listing runs reads ML Metadata alone.
+
+At module level this imports only ML Metadata, the stdlib and this project's light modules
+(`tailings runs` imports it for a run recorded without that digest); TFX, TensorFlow and the
+readers of the components' outputs load inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -23,18 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from data.errors import EXIT_ANOMALIES
 from data.lock import output_lock
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
+from pipeline.runs import RunDigest
 
 if TYPE_CHECKING:
     from pipeline.evaluation import SplitEvaluation
 
-# Exit codes of `tailings run` (documented in the README).
+# Exit codes of `tailings run` (documented in the README); data anomalies stop a run with
+# `data.errors.EXIT_ANOMALIES` (4), the code `tailings stats --compare` gives drift too.
 EXIT_BLESSED = 0
 EXIT_ERROR = 1
 EXIT_NOT_BLESSED = 3
-EXIT_ANOMALIES = 4
 
 
 @dataclass
@@ -396,11 +401,32 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
     run = metadata.load_run(store, run_id, missing_ok=True) if store is not None else None
     if run is not None:
         summary = summarize_record(run, seconds)
+        _record_digest(cfg, run_id, summary, say)
     else:  # stopped before TFX recorded anything under this run's id
         summary = RunSummary(run_id=run_id, seconds=seconds, error="no run recorded")
     if error and not summary.anomalies:
         summary.error = error
     return summary
+
+
+def _record_digest(
+    cfg: PipelineConfig, run_id: str, summary: RunSummary, say: Callable[[str], None]
+) -> None:
+    """Record what `tailings runs` shows of this run on its ML Metadata context, so that listing
+    runs reads ML Metadata alone instead of loading TFMA and TensorFlow for every listing.
+
+    A run that failed or stopped at data anomalies gets its digest too (what it got as far as).
+    A store that cannot be written now costs only that: `tailings runs` then reads this run's
+    outputs, as for a run recorded before digests existed; the run's outcome is unchanged."""
+    try:
+        metadata.record_run_property(
+            cfg.metadata_path,
+            run_id,
+            nodes.RUN_SUMMARY_PROPERTY,
+            RunDigest.of(summary).to_json(),
+        )
+    except metadata.MetadataStoreError as err:
+        say(f"{err} (`tailings runs` reads this run's outputs instead)")
 
 
 def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None) -> RunSummary:
@@ -426,7 +452,7 @@ def summarize_record(run: metadata.RunRecord, seconds: float) -> RunSummary:
             s.rejected = [json.loads(x) for x in open(rejected).read().splitlines() if x]
     anomalies = run.artifact(nodes.EXAMPLE_VALIDATOR, nodes.ANOMALIES)
     if anomalies is not None:
-        from components.validation_gate import list_anomalies
+        from components.anomalies import list_anomalies
 
         splits = json.loads(metadata.custom(anomalies, "split_names") or "[]") or [
             nodes.TRAIN_SPLIT,

@@ -6,21 +6,31 @@ COMPLETE, CACHED or FAILED when it ends. A process that is killed publishes noth
 component stays RUNNING forever; whether a RUNNING component is still running is told by the
 output folder's lock (`data.lock`), which a live `tailings run` holds.
 
-Only ML Metadata, the stdlib and this project's light modules load at import; reading a run's
-outputs loads their readers only (`pipeline.runner.summarize_record`). benchmarks/startup.py
+What each run shows (pairs, metrics, blessing, pushed version, gates) is what the runner
+recorded on the run's ML Metadata context when the run ended (`RunDigest`,
+`nodes.RUN_SUMMARY_PROPERTY`), so listing runs needs ML Metadata alone: no TFMA, TensorFlow,
+TFX or Beam, a fraction of a second. A run without it, recorded before the runner wrote it or
+killed before it could, is read from its outputs instead (`digest_of`). benchmarks/startup.py
 times `tailings runs`.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import os
 import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
+from pipeline.evaluation import Estimate, Gate
 from pipeline.nodes import FACILITY_RECALL, IOU, PIXEL_ACCURACY
-from pipeline.runner import summarize_record
+
+if TYPE_CHECKING:
+    from pipeline.runner import RunSummary
 
 # The pipeline's last nodes (nothing consumes their outputs): a run in which both finished ran
 # every component. Without this, a run killed between two components (every execution it
@@ -72,7 +82,155 @@ def live_run_since(output_dir: str | os.PathLike) -> float | None:
         return 0.0  # start unknown: the newest run may be its
 
 
+# The metrics the table shows, recorded for every split an Evaluator scored.
+SHOWN_METRICS = (IOU, PIXEL_ACCURACY, FACILITY_RECALL)
+
+
+@dataclass(frozen=True)
+class RunDigest:
+    """What `tailings runs` shows of a run: pairs converted, anomalies, each evaluated split's
+    shown metrics (with their bootstrap intervals) and the gates applied on it, blessing, and
+    the pushed version (and whether it was one already serving).
+
+    The runner records it as JSON on the run's ML Metadata context when the run ends
+    (`to_json`, `nodes.RUN_SUMMARY_PROPERTY`); the JSON is strict (a metric that is NaN is
+    written as the string "nan") and carries `nodes.RUN_SUMMARY_FORMAT`."""
+
+    converted: int | None = None
+    anomalies: tuple[str, ...] = ()
+    blessed: bool | None = None
+    pushed_version: str | None = None
+    reused_version: bool = False
+    # Per evaluated split: metric name -> estimate (SHOWN_METRICS only), and the gates applied.
+    metrics: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    gates: dict[str, tuple[Gate, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, s: RunSummary) -> RunDigest:
+        """The digest of a run's full summary (`pipeline.runner.summarize_record`)."""
+        return cls(
+            converted=s.converted,
+            anomalies=tuple(s.anomalies),
+            blessed=s.blessed,
+            pushed_version=s.pushed_version,
+            reused_version=s.reused_version,
+            metrics={
+                split: {name: e.metrics[name] for name in SHOWN_METRICS if name in e.metrics}
+                for split, e in s.evaluations.items()
+            },
+            gates={split: tuple(e.gates) for split, e in s.evaluations.items()},
+        )
+
+    def to_json(self) -> str:
+        """The property's text (`from_json` reads it back)."""
+        splits = {
+            split: {
+                "metrics": {
+                    name: {"value": _out(e.value), "low": _out(e.low), "high": _out(e.high)}
+                    for name, e in self.metrics.get(split, {}).items()
+                },
+                "gates": [
+                    {
+                        "metric": g.metric,
+                        "kind": g.kind,
+                        "bound": _out(g.bound),
+                        "value": _out(g.value),
+                        "passed": g.passed,
+                    }
+                    for g in self.gates.get(split, ())
+                ],
+            }
+            for split in {**self.metrics, **self.gates}
+        }
+        return json.dumps(
+            {
+                "format": nodes.RUN_SUMMARY_FORMAT,
+                "converted": self.converted,
+                "anomalies": list(self.anomalies),
+                "blessed": self.blessed,
+                "pushed_version": self.pushed_version,
+                "reused_version": self.reused_version,
+                "splits": splits,
+            },
+            allow_nan=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RunDigest | None:
+        """The digest `to_json` wrote; None for another format or text that is not one (the
+        caller then reads the run's outputs, which stay the source of truth)."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("format") != nodes.RUN_SUMMARY_FORMAT:
+                return None
+            splits: dict[str, Any] = data["splits"]
+            return cls(
+                converted=data["converted"],
+                anomalies=tuple(data["anomalies"]),
+                blessed=data["blessed"],
+                pushed_version=data["pushed_version"],
+                reused_version=bool(data["reused_version"]),
+                metrics={
+                    split: {
+                        name: Estimate(float(m["value"]), _in(m["low"]), _in(m["high"]))
+                        for name, m in recorded["metrics"].items()
+                    }
+                    for split, recorded in splits.items()
+                },
+                gates={
+                    split: tuple(
+                        Gate(
+                            g["metric"], g["kind"], float(g["bound"]), _in(g["value"]), g["passed"]
+                        )
+                        for g in recorded["gates"]
+                    )
+                    for split, recorded in splits.items()
+                },
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def _out(x: float | None) -> float | str | None:
+    """A number for strict JSON: NaN and infinities as strings ("nan", "inf", "-inf")."""
+    return x if x is None or math.isfinite(x) else str(x)
+
+
+def _in(x: float | str | None) -> float | None:
+    """A number `_out` wrote (None stays None: no interval, no value)."""
+    return None if x is None else float(x)
+
+
+def digest_of(run: metadata.RunRecord) -> RunDigest:
+    """What `tailings runs` shows of `run`: the digest the runner recorded when the run ended.
+
+    A run without one (recorded before the runner wrote it, or whose process was killed before
+    it summed up) is read from its outputs, as the run's summary reads them
+    (`pipeline.runner.summarize_record`, imported only then): the conversion report and the
+    anomalies from ML Metadata and small files, and the metrics from an Evaluator's TFMA output
+    if one finished (TFX publishes a component's outputs only when it completes). Only that
+    last read loads TFMA and TensorFlow (about 13 CPU s, once per `tailings runs`): a killed
+    run whose Evaluator finished still shows its metrics, one killed earlier shows "-" at no
+    cost."""
+    recorded = run.properties.get(nodes.RUN_SUMMARY_PROPERTY)
+    digest = RunDigest.from_json(recorded) if isinstance(recorded, str) else None
+    if digest is not None:
+        return digest
+    from pipeline.runner import summarize_record
+
+    return RunDigest.of(summarize_record(run, 0.0))
+
+
+def _metric(d: RunDigest, split: str, name: str, full: bool = False) -> str:
+    """A metric as the table shows it: with its interval (`full`), else three decimals."""
+    e = d.metrics.get(split, {}).get(name)
+    if e is None:
+        return "-"
+    return str(e) if full else f"{e.value:.3f}"
+
+
 def list_runs(cfg: PipelineConfig) -> list[str]:
+    """The table of `tailings runs`, newest run first (see `digest_of` for what it reads)."""
     store = metadata.open_store(str(cfg.metadata_path), verify=True)
     ids = metadata.run_ids(store)
     if not ids:
@@ -85,30 +243,23 @@ def list_runs(cfg: PipelineConfig) -> list[str]:
     lines = [header + "blessed  pushed     state"]
     for run_id in reversed(ids):
         run = metadata.load_run(store, run_id)
-        s = summarize_record(run, 0.0)
+        d = digest_of(run)
         # Only the newest run can be the live one, and only if it began after the lock was taken
         # (the lock records whole seconds).
         live = (
             live_since is not None and run_id == ids[-1] and run.started_ms / 1000 >= live_since - 1
         )
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_ms / 1000))
-        scene = s.evaluations.get(nodes.SCENE_SPLIT)
-        tiles = s.evaluations.get(nodes.EVAL_SPLIT)
-
-        def metric(e, name: str, full: bool = False) -> str:
-            if e is None or name not in e.metrics:
-                return "-"
-            return str(e.metrics[name]) if full else f"{e.metrics[name].value:.3f}"
-
-        blessed = "anomaly" if s.anomalies else {True: "yes", False: "no", None: "-"}[s.blessed]
-        pushed = (s.pushed_version or "-") + (" (same)" if s.reused_version else "")
+        scene, tiles = nodes.SCENE_SPLIT, nodes.EVAL_SPLIT
+        blessed = "anomaly" if d.anomalies else {True: "yes", False: "no", None: "-"}[d.blessed]
+        pushed = (d.pushed_version or "-") + (" (same)" if d.reused_version else "")
         lines.append(
-            f"{run_id:<28} {started:<19} {s.converted if s.converted is not None else '-':>5}  "
-            f"{metric(scene, IOU, True):<26} {metric(scene, PIXEL_ACCURACY):>7} "
-            f"{metric(scene, FACILITY_RECALL):>7} {metric(tiles, IOU):>8}  "
+            f"{run_id:<28} {started:<19} {d.converted if d.converted is not None else '-':>5}  "
+            f"{_metric(d, scene, IOU, True):<26} {_metric(d, scene, PIXEL_ACCURACY):>7} "
+            f"{_metric(d, scene, FACILITY_RECALL):>7} {_metric(d, tiles, IOU):>8}  "
             f"{blessed:<8} {pushed:<10} {run_state(run, live)}"
         )
-        if scene is not None and scene.gates:
-            applied = ", ".join(f"{g.metric} {g.kind} {g.bound:g}" for g in scene.gates)
+        if d.gates.get(scene):
+            applied = ", ".join(f"{g.metric} {g.kind} {g.bound:g}" for g in d.gates[scene])
             lines.append(f"{'':<28} gates applied: {applied}")
     return lines

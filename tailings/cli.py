@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tailings.common import (
     EXIT_FAILED,
@@ -22,6 +21,7 @@ from tailings.common import (
     CliError,
     TailingsError,
     cannot_write,
+    check_run_recorded,
     check_writable,
     os_error_line,
     say,
@@ -32,9 +32,6 @@ from tailings.labels_cli import add_labels
 from tailings.pipeline_args import add_pipeline_arguments, check_trainer_settings, pipeline_settings
 from tailings.serving_cli import add_predict, add_serve
 from tailings.stats_cli import add_report, add_stats
-
-if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
 
 DEFAULT_DATA = Path("data/brazil-tailings")
 
@@ -320,7 +317,12 @@ def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
 
             shard_files(args.examples)  # a folder without shards: FileNotFoundError
         else:
-            _check_statistics_recorded(cfg, args.run)
+            check_run_recorded(
+                cfg.metadata_path,
+                args.run,
+                statistics=True,
+                no_store_hint="run `tailings run` or pass --examples",
+            )
         from pipeline.schema_draft import statistics_from_examples, statistics_from_run
 
         if args.examples is not None:
@@ -334,19 +336,6 @@ def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
     out = write_draft(stats, args.out)
     say(f"wrote {out}; review it against schemas/schema.pbtxt (the curated schema is unchanged)")
     return EXIT_OK
-
-
-def _check_statistics_recorded(cfg: PipelineConfig, run_id: str | None) -> None:
-    """The store, the run and its StatisticsGen output exist (ML Metadata only, no TFX)."""
-    from pipeline import metadata, nodes
-
-    if not cfg.metadata_path.exists():
-        raise CliError(
-            f"no metadata store at {cfg.metadata_path}; run `tailings run` or pass --examples"
-        )
-    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path), verify=True), run_id)
-    if run is None or run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS) is None:
-        raise CliError(f"no StatisticsGen output in run {run_id or 'latest'}")
 
 
 # --------------------------------------------------------------------------- main

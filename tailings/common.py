@@ -167,6 +167,29 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def check_run_recorded(
+    metadata_path: Path,
+    run_id: str | None,
+    *,
+    statistics: bool = False,
+    no_store_hint: str = "run `tailings run` first",
+) -> None:
+    """Refuse, with ML Metadata alone, a run a verb cannot read: no store, no runs, an unknown
+    run id, or (with `statistics`) a run that stopped before StatisticsGen wrote its output.
+
+    Verbs that read a run (`stats`, `report`, `schema infer`) call this before they import
+    TensorFlow, TFX or Beam, so a mistyped run id is one line in a fraction of a second, not
+    after 10-30 s of imports. Raises `pipeline.metadata.RunNotFound` (or `MetadataStoreError`
+    for a damaged store): one line each, exit 1."""
+    from pipeline import metadata, nodes
+
+    run = metadata.open_run(metadata_path, run_id, no_store_hint)
+    if statistics and run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS) is None:
+        raise metadata.RunNotFound(
+            f"run {run.run_id} has no StatisticsGen output (it stopped earlier)"
+        )
+
+
 def say(message: str) -> None:
     """Progress and results go to stderr, so stdout stays clean for piping."""
     print(message, file=sys.stderr, flush=True)

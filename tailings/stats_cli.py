@@ -1,6 +1,8 @@
 """`tailings stats` and `tailings report`: look at the data and at a run before trusting a model.
 
-Registered in `tailings.cli.VERBS`; heavy libraries load inside the verbs so `--help` is fast.
+Registered in `tailings.cli.VERBS`; heavy libraries load inside the verbs so `--help` is fast,
+and only after the flags, the input folders and the run (looked up in ML Metadata alone,
+`tailings.common.check_run_recorded`) were checked: a mistyped run id is one line at once.
 """
 
 from __future__ import annotations
@@ -8,9 +10,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data.errors import EXIT_ANOMALIES
-from tailings.common import EXIT_OK, CliError, cannot_write, check_writable, say
+from tailings.common import (
+    EXIT_OK,
+    CliError,
+    cannot_write,
+    check_run_recorded,
+    check_writable,
+    say,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 LATEST = "latest"
 
@@ -76,10 +89,11 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.config import PipelineConfig
     from pipeline.reports.config import ALL_SPLITS
 
+    cfg = PipelineConfig(output_dir=args.output_dir)
     if args.examples is not None and args.split != ALL_SPLITS:
         raise CliError("--split applies to runs; a TFRecord folder has no train/eval splits")
     if args.compare:
-        _check_reference(args.compare)
+        _check_reference(args.compare, cfg)
     if args.html:  # before TensorFlow loads and TFDV spends minutes on statistics
         check_writable(args.html, "--html", is_file=True)
     if args.examples is not None:  # the folder and its shards, before TensorFlow loads
@@ -91,12 +105,18 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
             shard_files(args.examples)
         except FileNotFoundError as err:
             raise CliError(str(err)) from None
+    else:  # the run and its statistics, in ML Metadata, before TensorFlow loads
+        check_run_recorded(
+            cfg.metadata_path,
+            args.run,
+            statistics=True,
+            no_store_hint="run `tailings run` or pass --examples",
+        )
     from pipeline.reports import drift as drift_lib
     from pipeline.reports import stats
     from pipeline.reports.stats_page import stats_html
     from pipeline.reports.terminal import stats_lines
 
-    cfg = PipelineConfig(output_dir=args.output_dir)
     schema = drift_lib.load_schema()
     drift = reference = None
     if args.compare:  # first: an unknown run id or a bad file is found before minutes of TFDV
@@ -130,13 +150,23 @@ def _stats(args: argparse.Namespace, beam_args: list[str]) -> int:
 PATH_SUFFIXES = (".pb", ".pbtxt", ".txt", ".tfrecord", ".stats")
 
 
-def _check_reference(spec: str) -> None:
-    """A --compare path that does not exist is refused now, not after minutes of statistics
-    (a run id is looked up in the metadata store later)."""
+def _check_reference(spec: str, cfg: PipelineConfig) -> None:
+    """A --compare path that does not exist, or a run id the metadata store does not know (or
+    whose run has no statistics), is refused now, not after minutes of statistics and before
+    TensorFlow loads."""
+    from pipeline.metadata import MetadataStoreError, RunNotFound
+
     path = Path(spec)
-    if path.exists() or not ("/" in spec or path.suffix in PATH_SUFFIXES):
+    if path.exists():
         return
-    raise CliError(f"--compare {spec}: no such folder or statistics file")
+    if "/" in spec or path.suffix in PATH_SUFFIXES:
+        raise CliError(f"--compare {spec}: no such folder or statistics file")
+    try:
+        check_run_recorded(cfg.metadata_path, spec, statistics=True)
+    except (RunNotFound, MetadataStoreError) as err:  # as `stats.load_reference` says it
+        raise CliError(
+            f"--compare {spec}: not a folder or statistics file, and as a run id: {err}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- report
@@ -158,11 +188,15 @@ def add_report(sub) -> None:
 
 
 def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
-    check_writable(args.html, "--html", is_file=True)  # before TensorFlow loads
     from pipeline.config import PipelineConfig
+
+    cfg = PipelineConfig(output_dir=args.output_dir)
+    # The page's folder, then the run (in ML Metadata), before TensorFlow and TFX load.
+    check_writable(args.html, "--html", is_file=True)
+    check_run_recorded(cfg.metadata_path, args.run)
     from pipeline.reports.run_report import load_report, report_html
 
-    report = load_report(PipelineConfig(output_dir=args.output_dir), args.run)
+    report = load_report(cfg, args.run)
     for line in report.summary.lines():
         print(line)
     _write(args.html, report_html(report))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.validation_gate import Anomaly, list_anomalies
+from components.anomalies import Anomaly, list_anomalies
 from data.errors import TailingsError, os_reason
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
@@ -110,17 +110,12 @@ class DataStats:
 
 
 def open_run(cfg: PipelineConfig, run_id: str | None) -> metadata.RunRecord:
-    """A run from the metadata store, or a ReportError naming what is missing."""
-    if not cfg.metadata_path.exists():
-        raise ReportError(f"no metadata store at {cfg.metadata_path}; run `tailings run` first")
-    store = metadata.open_store(str(cfg.metadata_path), verify=True)
+    """A run from the metadata store, or a ReportError naming what is missing
+    (`metadata.open_run`'s one line)."""
     try:
-        run = metadata.load_run(store, run_id)
-    except KeyError as err:
-        raise ReportError(str(err.args[0])) from None
-    if run is None:
-        raise ReportError(f"no runs recorded in {cfg.metadata_path}")
-    return run
+        return metadata.open_run(cfg.metadata_path, run_id)
+    except metadata.RunNotFound as err:
+        raise ReportError(str(err)) from None
 
 
 def from_run(cfg: PipelineConfig, run_id: str | None = None) -> DataStats:

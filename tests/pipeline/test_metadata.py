@@ -7,6 +7,7 @@ contexts; executions with their states), then damaged on disk.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,15 @@ class StoreBuilder:
         context.id = self.store.put_contexts([context])[0]
         return context
 
-    def run(self, run_id: str, states: dict[str, str]) -> str:
-        """A run whose nodes (in order) ended in the given states (`metadata.STATES` names)."""
+    def run(
+        self,
+        run_id: str,
+        states: dict[str, str],
+        outputs: dict[str, dict[str, mlmd.Artifact]] | None = None,
+    ) -> str:
+        """A run whose nodes (in order) ended in the given states (`metadata.STATES` names);
+        `outputs` gives nodes output artifacts by key (type "test.<key>"), as TFX publishes
+        them when a component completes."""
         run = self._context(metadata.RUN_CONTEXT, run_id)
         self.store.put_parent_contexts(
             [mlmd.ParentContext(child_id=run.id, parent_id=self.pipeline.id)]
@@ -56,7 +64,16 @@ class StoreBuilder:
             execution = mlmd.Execution(
                 type_id=type_id, last_known_state=metadata.STATES.Value(state)
             )
-            self.store.put_execution(execution, [], [self.pipeline, run, self._nodes[node]])
+            published = []
+            for key, artifact in (outputs or {}).get(node, {}).items():
+                artifact.type_id = self.store.put_artifact_type(
+                    mlmd.ArtifactType(name=f"test.{key}")
+                )
+                event = mlmd.Event(type=mlmd.Event.OUTPUT)
+                event.path.steps.add().key = key
+                event.path.steps.add().index = 0
+                published.append((artifact, event))
+            self.store.put_execution(execution, published, [self.pipeline, run, self._nodes[node]])
         return run_id
 
 
@@ -185,3 +202,33 @@ def test_the_unfinished_write_of_a_killed_process_is_rolled_back(tmp_path, store
     assert metadata.run_ids(store) == ["run-1"]  # the half-done DELETE was undone
     assert not journal.exists() or journal.stat().st_size == 0
     metadata.check_store(path)
+
+
+def test_a_runs_property_is_recorded_beside_what_tfx_wrote(tmp_path):
+    path = make_store(tmp_path / "metadata.sqlite")
+    before = metadata.load_run(metadata.open_store(str(path)), "run-1")
+
+    metadata.record_run_property(path, "run-1", "note", '{"a": 1}')
+
+    run = metadata.load_run(metadata.open_store(str(path)), "run-1")
+    assert run.properties == {"note": '{"a": 1}'}
+    assert (run.started_ms, run.nodes.keys()) == (before.started_ms, before.nodes.keys())
+    with pytest.raises(metadata.MetadataStoreError) as err:
+        metadata.record_run_property(path, "run-2", "note", "{}")
+    assert "no run 'run-2'" in one_line_naming(err, path)
+
+
+def test_a_run_that_is_not_there_is_one_line(tmp_path):
+    path = tmp_path / "metadata.sqlite"
+    with pytest.raises(metadata.RunNotFound, match=re.escape(f"no metadata store at {path}; ")):
+        metadata.open_run(path, "run-1")
+    make_store(path)
+    assert metadata.open_run(path, None).run_id == "run-1"
+    assert metadata.open_run(path, "latest").run_id == "run-1"
+    with pytest.raises(metadata.RunNotFound, match="^no run 'run-9'; known runs: run-1$"):
+        metadata.open_run(path, "run-9")
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    no_runs = f"^no runs recorded in {re.escape(str(empty))}$"
+    with pytest.raises(metadata.RunNotFound, match=no_runs):
+        metadata.open_run(empty, None)

@@ -1,21 +1,32 @@
-"""`tailings runs` says how each run ended: complete, failed at a component, killed, running.
+"""`tailings runs` says how each run ended: complete, failed at a component, killed, running;
+and shows what a run recorded of itself when it ended (`RunDigest`), or, for a run without
+that record, what its outputs hold.
 
 Runs are recorded with ML Metadata's API in TFX's layout (tests.pipeline.test_metadata), not
-run; the output folder's lock is the real one (`data.lock`), held by this test or by a process
-that is killed.
+run, except in the tests of the shared tiny `pipeline_run`; the output folder's lock is the
+real one (`data.lock`), held by this test or by a process that is killed.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2 as mlmd
 
 from data.lock import LOCK_NAME, output_lock
-from pipeline import nodes
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
-from pipeline.runs import FINAL_NODES, list_runs
+from pipeline.evaluation import VALUE_GATE, Estimate, Gate
+from pipeline.runs import FINAL_NODES, RunDigest, list_runs
 from tests.conftest import PROJECT_ROOT
 from tests.pipeline.test_metadata import StoreBuilder
 
@@ -190,3 +201,112 @@ def test_the_store_is_opened_once_for_all_runs(tmp_path, monkeypatch):
 
     assert len(list_runs(cfg)) == 1 + 3
     assert len(opened) == 1
+
+
+def test_a_digest_is_strict_json_and_reads_back_as_written():
+    digest = RunDigest(
+        converted=14,
+        anomalies=("[train] band_mean: out of range",),
+        blessed=False,
+        pushed_version=None,
+        metrics={
+            nodes.SCENE_SPLIT: {
+                nodes.IOU: Estimate(0.5831, 0.1417, 0.8949),
+                nodes.FACILITY_RECALL: Estimate(1.0, math.nan, math.nan),  # TFMA gives these
+            },
+            nodes.EVAL_SPLIT: {nodes.IOU: Estimate(0.708)},  # no interval
+        },
+        gates={nodes.SCENE_SPLIT: (Gate(nodes.IOU, VALUE_GATE, 0.5, 0.5831, True),)},
+    )
+    text = digest.to_json()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["format"] == nodes.RUN_SUMMARY_FORMAT
+    back = RunDigest.from_json(text)
+    assert back is not None and back.to_json() == text
+    recall = back.metrics[nodes.SCENE_SPLIT][nodes.FACILITY_RECALL]
+    assert str(recall) == "1.0000 [nan, nan]"  # as the run's summary prints it
+    assert back.metrics[nodes.EVAL_SPLIT][nodes.IOU] == Estimate(0.708)
+    assert back.gates[nodes.EVAL_SPLIT] == ()
+    # Another format, or text that is not a digest: read as none (the outputs are read instead).
+    other = json.dumps({**data, "format": nodes.RUN_SUMMARY_FORMAT + 1})
+    for text in (other, "", "[]", '{"format": 1}'):
+        assert RunDigest.from_json(text) is None, text
+
+
+def _writable_store(path: Path) -> metadata_store.MetadataStore:
+    config = mlmd.ConnectionConfig()
+    config.sqlite.filename_uri = str(path)
+    config.sqlite.connection_mode = mlmd.SqliteMetadataSourceConfig.READWRITE
+    return metadata_store.MetadataStore(config)
+
+
+@pytest.mark.slow
+def test_a_finished_run_records_what_tailings_runs_shows(pipeline_run):
+    cfg, summary = pipeline_run
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
+
+    recorded = run.properties[nodes.RUN_SUMMARY_PROPERTY]
+
+    assert recorded == RunDigest.of(summary).to_json()
+    digest = RunDigest.from_json(recorded)
+    assert digest.converted == 14 and digest.blessed and digest.pushed_version == "1"
+    scene = summary.evaluations[nodes.SCENE_SPLIT]
+    assert digest.metrics[nodes.SCENE_SPLIT][nodes.IOU] == scene.metrics[nodes.IOU]
+    assert set(digest.metrics) == {nodes.SCENE_SPLIT, nodes.EVAL_SPLIT}
+    assert digest.gates[nodes.SCENE_SPLIT] == tuple(scene.gates)
+
+
+@pytest.mark.slow
+def test_runs_recorded_without_a_digest_show_what_their_outputs_hold(pipeline_run, tmp_path):
+    """A store written before runs recorded their digest: its runs are read from their outputs
+    (TFMA's files), and the table is the same."""
+    cfg, summary = pipeline_run
+    old = PipelineConfig(output_dir=tmp_path / "outputs")
+    old.output_dir.mkdir()
+    shutil.copy(cfg.metadata_path, old.metadata_path)  # the artifacts stay where they are
+    with_digests = list_runs(old)
+    store = _writable_store(old.metadata_path)
+    digest_only = [f"custom_properties.{nodes.RUN_SUMMARY_PROPERTY}"]
+    stripped = []
+    for context in store.get_contexts_by_type(metadata.RUN_CONTEXT):
+        assert nodes.RUN_SUMMARY_PROPERTY in context.custom_properties, context.name
+        bare = mlmd.Context(id=context.id, type_id=context.type_id, name=context.name)
+        store.put_contexts([bare], field_mask_paths=digest_only)  # deletes it
+        stripped.append(context.name)
+    del store
+    assert summary.run_id in stripped
+    reader = metadata.open_store(str(old.metadata_path))
+    assert not metadata.load_run(reader, summary.run_id).properties
+
+    without = list_runs(old)
+
+    assert without == with_digests
+    row = next(line for line in without if line.startswith(summary.run_id))
+    scene = summary.evaluations[nodes.SCENE_SPLIT]
+    assert str(scene.metrics[nodes.IOU]) in row and " yes " in row, row
+
+
+def test_the_runner_records_a_digest_or_says_in_one_line_why_not(tmp_path):
+    from pipeline.runner import RunSummary, _record_digest
+
+    cfg = PipelineConfig(output_dir=tmp_path / "outputs")
+    cfg.output_dir.mkdir()
+    builder = StoreBuilder(cfg.metadata_path)
+    builder.run("run-1", upto(nodes.VALIDATION_GATE, "FAILED"))
+    del builder
+    said: list[str] = []
+    stopped = RunSummary(run_id="run-1", seconds=9.0, converted=3, anomalies=["[train] x: y"])
+
+    _record_digest(cfg, "run-1", stopped, said.append)
+    _record_digest(cfg, "run-2", RunSummary(run_id="run-2", seconds=1.0), said.append)
+
+    assert said == [
+        f"{cfg.metadata_path}: no run 'run-2' to record {nodes.RUN_SUMMARY_PROPERTY} on "
+        "(`tailings runs` reads this run's outputs instead)"
+    ]
+    [row] = list_runs(cfg)[1:]
+    assert row.split()[3:] == ["3", "-", "-", "-", "-", "anomaly", "-", "data", "anomalies"]

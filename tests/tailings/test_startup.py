@@ -8,9 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
+from ml_metadata.proto import metadata_store_pb2 as mlmd
 
+from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.geotiffs import scene, write_geotiff
@@ -43,9 +46,17 @@ def _tailings(*args: str, **env: str | None) -> subprocess.CompletedProcess:
     )
 
 
-def _heavy_modules_after(argv: list[str]) -> tuple[int, list[str]]:
-    """Run `tailings.cli.main(argv)` in a fresh interpreter; its exit code and the heavy
-    libraries it imported."""
+@dataclass
+class Verb:
+    """What `tailings.cli.main(argv)` did in a fresh interpreter."""
+
+    rc: int
+    heavy: list[str]  # the heavy libraries it imported
+    stdout: list[str]
+    errors: list[str]  # its stderr lines of the form "tailings <verb>: error: ..."
+
+
+def _main_in_fresh_interpreter(argv: list[str]) -> Verb:
     code = (
         "import json, sys\n"
         "from tailings.cli import main\n"
@@ -62,8 +73,17 @@ def _heavy_modules_after(argv: list[str]) -> tuple[int, list[str]]:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    rc, heavy = json.loads(done.stdout.strip().splitlines()[-1])
-    return rc, heavy
+    *stdout, last = done.stdout.strip().splitlines()
+    rc, heavy = json.loads(last)
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    return Verb(rc, heavy, stdout, errors)
+
+
+def _heavy_modules_after(argv: list[str]) -> tuple[int, list[str]]:
+    """Run `tailings.cli.main(argv)` in a fresh interpreter; its exit code and the heavy
+    libraries it imported."""
+    verb = _main_in_fresh_interpreter(argv)
+    return verb.rc, verb.heavy
 
 
 def test_tailings_runs_imports_no_tensorflow_tfx_or_beam(tmp_path):
@@ -79,6 +99,79 @@ def test_tailings_runs_imports_no_tensorflow_tfx_or_beam(tmp_path):
     assert heavy == []
 
 
+@pytest.mark.slow
+def test_tailings_runs_reads_a_real_runs_digest_without_tensorflow(pipeline_run):
+    cfg, summary = pipeline_run
+    run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
+    assert nodes.RUN_SUMMARY_PROPERTY in run.properties  # what the run recorded when it ended
+
+    verb = _main_in_fresh_interpreter(["runs", "--output-dir", str(cfg.output_dir)])
+
+    assert (verb.rc, verb.heavy) == (0, [])
+    [row] = [line for line in verb.stdout if line.startswith(summary.run_id)]
+    scene = summary.evaluations[nodes.SCENE_SPLIT]
+    assert str(scene.metrics[nodes.IOU]) in row and " yes " in row and row.endswith("complete")
+
+
+def test_a_run_killed_before_its_evaluators_is_listed_without_tensorflow_or_tfx(tmp_path):
+    # No digest (its process died before it could record one): its outputs are read, and with
+    # no Evaluator finished there is no TFMA output, so nothing heavy is needed for its row.
+    cfg = PipelineConfig(output_dir=tmp_path / "outputs")
+    cfg.output_dir.mkdir()
+    report = mlmd.Artifact(uri=str(tmp_path / "report"))
+    report.custom_properties["converted"].int_value = 14
+    anomalies = mlmd.Artifact(uri=str(tmp_path / "anomalies"))  # no SchemaDiff.pb: none found
+    anomalies.custom_properties["split_names"].string_value = '["train", "eval"]'
+    builder = StoreBuilder(cfg.metadata_path)
+    states = {node: "COMPLETE" for node in FULL_RUN[: FULL_RUN.index(nodes.TRANSFORM)]}
+    outputs = {
+        nodes.EXAMPLE_GEN: {nodes.CONVERSION_REPORT: report},
+        nodes.EXAMPLE_VALIDATOR: {nodes.ANOMALIES: anomalies},
+    }
+    builder.run("killed", {**states, nodes.TRANSFORM: "RUNNING"}, outputs)
+    del builder
+
+    verb = _main_in_fresh_interpreter(["runs", "--output-dir", str(cfg.output_dir)])
+
+    assert (verb.rc, verb.heavy) == (0, [])
+    [row] = [line for line in verb.stdout if line.startswith("killed")]
+    assert row.split()[3:] == ["14", "-", "-", "-", "-", "-", "-", "killed", "at", "Transform"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["stats", "--run", "nope"], "tailings stats: error: no run 'nope'; known runs: complete"),
+        (
+            ["stats", "--compare", "nope"],
+            "tailings stats: error: --compare nope: not a folder or statistics file, and as a "
+            "run id: no run 'nope'; known runs: complete",
+        ),
+        (
+            ["stats", "--run", "complete"],
+            "tailings stats: error: run complete has no StatisticsGen output (it stopped earlier)",
+        ),
+        (
+            ["report", "--run", "nope", "--html", "{tmp}/r.html"],
+            "tailings report: error: no run 'nope'; known runs: complete",
+        ),
+    ],
+    ids=["stats unknown run", "stats --compare unknown run", "stats no statistics", "report"],
+)
+def test_a_run_the_store_does_not_have_is_one_line_before_heavy_imports(tmp_path, argv, error):
+    cfg = PipelineConfig(output_dir=tmp_path / "outputs")
+    cfg.output_dir.mkdir()
+    builder = StoreBuilder(cfg.metadata_path)
+    builder.run("complete", {node: "COMPLETE" for node in FULL_RUN})  # no artifacts recorded
+    del builder
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--output-dir", str(cfg.output_dir)]
+
+    verb = _main_in_fresh_interpreter(argv)
+
+    assert (verb.rc, verb.heavy, verb.errors) == (1, [], [error])
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -88,6 +181,8 @@ def test_tailings_runs_imports_no_tensorflow_tfx_or_beam(tmp_path):
         ["runs", "--output-dir", "{missing}"],
         ["schema", "infer", "--examples", "{missing}", "--out", "{tmp}/draft.pbtxt"],
         ["schema", "infer", "--output-dir", "{missing}", "--out", "{tmp}/draft.pbtxt"],
+        ["stats", "--output-dir", "{missing}"],
+        ["report", "--output-dir", "{missing}", "--html", "{tmp}/r.html"],
         ["predict", "{missing}/scene.tif", "--out", "{tmp}/mask.tif"],
         ["labels", "review", "--data", "{missing}", "--out", "{tmp}/review"],
     ],
