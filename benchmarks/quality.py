@@ -64,20 +64,7 @@ def train_and_predict(train: Split, held_out: Split, config, scene: Split | None
 
 def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:
     """Pooled pixel metrics at every threshold in THRESHOLDS (as TFMA pools the eval split)."""
-    valid = masks != MASK_NODATA  # scene windows: no-data pixels are not scored
-    truth = (masks > 0.5) & valid
-    out = {}
-    for t in THRESHOLDS:
-        predicted = (probabilities >= t) & valid
-        tp = float(np.sum(predicted & truth))
-        fp = float(np.sum(predicted & ~truth))
-        fn = float(np.sum(~predicted & truth))
-        out[f"{t:.2f}"] = {
-            "iou": tp / max(tp + fp + fn, 1.0),
-            "f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
-            "pixel_accuracy": float(np.sum((predicted == truth) & valid) / max(valid.sum(), 1)),
-        }
-    return out
+    return {f"{t:.2f}": cross_validation.pixel_scores(probabilities, masks, t) for t in THRESHOLDS}
 
 
 def markdown(result: dict) -> str:

@@ -33,6 +33,10 @@ PRETRAINED_ENCODER_DEPTH = 5
 MODEL_KEY = "model"
 TRAIN_KEY = "train"
 TRANSFORM_KEY = "transform"
+TUNE_KEY = "tune"  # the Tuner's custom_config: the Trainer's plus this
+# Every trial of a search, in the Tuner's TunerResults artifact (components/tuner.py writes it,
+# pipeline/tuning.py reads it; here because this module loads nothing heavy).
+TRIALS_FILE = "trials.json"
 
 DEFAULT_PRESET = "cpu"
 
@@ -295,6 +299,78 @@ class TrainerConfig:
         )
 
 
+@dataclass(frozen=True)
+class TuneConfig:
+    """The hyperparameter search of TFX's Tuner (`tailings run --tune`; components/tuner_lib.py).
+
+    Every trial trains with the Trainer's code (`cross_validation.train_and_predict`) on the
+    train split minus one fold and is scored by the tailings IoU on scene windows of that
+    held-out fold (mosaics of its tiles cut on a shifted grid, as ExampleGen builds the scene
+    split), never on the centred eval tiles and never on the scene split that decides the
+    blessing. The search space is the ranges below; each hyperparameter is named by the
+    `--set` path it changes, so the best values reach the Trainer as `--set` would.
+    """
+
+    trials: int = 8  # KerasTuner's max_trials
+    # Epochs of each trial (the Trainer then trains the preset's epochs with the best values).
+    epochs: int = 15
+    # Trials in parallel: KerasTuner's chief oracle plus this many worker processes
+    # (TFX's TuneArgs.num_parallel_trials); 1 runs the trials inside the Tuner's process.
+    workers: int = 1
+    # The train split's pairs are cut in `folds` folds by `cross_validation.fold_of`; fold 0
+    # is held out for scoring: 1/4 of the study's 73 training tiles, ~18 tiles, ~30 windows.
+    folds: int = 4
+    # Bayesian optimisation draws this many trials at random before its Gaussian process
+    # proposes the rest (KerasTuner's default, 3 per hyperparameter = 15, would leave a
+    # budget of 8 trials entirely random); None: half the trials.
+    initial_points: int | None = None
+    seed: int = 42  # the oracle's; each trial trains with the preset's train.seed
+    # The space. Learning rate: log-uniform around the preset's 5e-4 (the study's 1e-3 inside).
+    learning_rate: tuple[float, float] = (1e-4, 2e-3)
+    batch_sizes: tuple[int, ...] = (2, 4, 8)
+    losses: tuple[str, ...] = ("bce", "bce_dice")
+    # train.augment_color ("band jitter"): 0 to 0.4 in steps of 0.1 (the preset's 0.2 inside).
+    band_jitter: tuple[float, float] = (0.0, 0.4)
+    band_jitter_step: float = 0.1
+    # Multiples of the preset's decoder widths (pretrained encoders) or base width (scratch
+    # U-Net): the encoders' own widths are fixed by their ImageNet weights.
+    width_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        for name in ("learning_rate", "batch_sizes", "losses", "band_jitter", "width_scales"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("trials", "epochs", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--tune-{name} must be at least 1, got {getattr(self, name)}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+        if self.initial_points is not None and self.initial_points < 1:
+            raise ValueError(f"initial_points must be >= 1 or None, got {self.initial_points}")
+        low, high = self.learning_rate
+        if not 0 < low < high:
+            raise ValueError(f"learning_rate must be a range 0 < low < high, got {low}, {high}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be whole numbers >= 1, got {self.batch_sizes}")
+        if not self.losses or any(loss not in LOSSES for loss in self.losses):
+            raise ValueError(f"losses must be some of {LOSSES}, got {self.losses}")
+        low, high = self.band_jitter
+        if not 0 <= low <= high or self.band_jitter_step <= 0:
+            raise ValueError("band_jitter must be a range 0 <= low <= high, with a step > 0")
+        if not self.width_scales or min(self.width_scales) <= 0:
+            raise ValueError(f"width_scales must be > 0, got {self.width_scales}")
+
+    @property
+    def random_points(self) -> int:
+        return self.initial_points or max(1, self.trials // 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TuneConfig:
+        return _from_dict(cls, data)
+
+
 PRESETS: dict[str, TrainerConfig] = {
     "cpu": TrainerConfig(),
     # The original study's network and schedule (slow on CPU: ~7.6 s per image per step).
@@ -369,6 +445,24 @@ def with_overrides(config: TrainerConfig, assignments: Sequence[str]) -> Trainer
         except (TypeError, ValueError) as err:
             raise ValueError(f"{assignment!r}: {err}") from None
     return config
+
+
+def hyperparameter_overrides(values: dict[str, Any]) -> list[str]:
+    """KerasTuner hyperparameter values, named by `--set` paths, as `--set` assignments.
+
+    Choices that are not numbers or text (decoder widths) travel through KerasTuner as their
+    JSON text, which `with_overrides` parses back.
+    """
+    return [
+        f"{name}={value if isinstance(value, str) else json.dumps(value)}"
+        for name, value in sorted(values.items())
+    ]
+
+
+def with_hyperparameters(config: TrainerConfig, hyperparameters: dict[str, Any]) -> TrainerConfig:
+    """`config` with the Tuner's best hyperparameters (TFX hands the Trainer KerasTuner's
+    `HyperParameters.get_config()`: `{"space": [...], "values": {...}}`) applied as `--set`."""
+    return with_overrides(config, hyperparameter_overrides(hyperparameters.get("values", {})))
 
 
 def _typed(value: Any, hint: Any) -> Any:

@@ -105,6 +105,24 @@ def scene_windows(split: Split) -> Split:
     return stack([window for mosaic in mosaics for window in cut_windows(mosaic, tiles)])
 
 
+def pixel_scores(probabilities: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
+    """Tailings IoU, F1 and pixel accuracy pooled over every pixel with data (mask value
+    `MASK_NODATA` is not scored), as TFMA pools a split, at one decision threshold."""
+    from schemas.features import MASK_NODATA
+
+    valid = masks != MASK_NODATA
+    truth = (masks > 0.5) & valid
+    predicted = (probabilities >= threshold) & valid
+    tp = float(np.sum(predicted & truth))
+    fp = float(np.sum(predicted & ~truth))
+    fn = float(np.sum(~predicted & truth))
+    return {
+        "iou": tp / max(tp + fp + fn, 1.0),
+        "f1": 2 * tp / max(2 * tp + fp + fn, 1.0),
+        "pixel_accuracy": float(np.sum((predicted == truth) & valid) / max(valid.sum(), 1)),
+    }
+
+
 def fold_of(pair_id: str, folds: int) -> int:
     """Fold by a hash of the id (not the id hash the train/eval split used): a pair keeps its
     fold when others are added or excluded."""
@@ -127,9 +145,11 @@ def train_and_predict(
     config: Any,  # components.config.TrainerConfig
     scene: Split | None = None,
     callbacks: Sequence[Any] = (),
+    predict_held_out: bool = True,
 ) -> FoldResult:
     """Train the Trainer's model on `train` (early stopping on `held_out`), predict `held_out`
-    (and the scene windows `scene`, if given). `callbacks` are extra Keras callbacks (progress)."""
+    (unless not `predict_held_out`: then `held_out` is {}) and the scene windows `scene`, if
+    given. `callbacks` are extra Keras callbacks (progress)."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -158,32 +178,48 @@ def train_and_predict(
     )
     trainer_lib.finish_training(model, config.train, dataset(train, False))
     seconds = time.monotonic() - started
+    predict = d4_predictor(model)  # traced once for both sets (tracing costs seconds)
     return FoldResult(
-        held_out=predict_all(model, normalize(held_out.images, mean, std), config),
+        held_out=(
+            predict_all(model, normalize(held_out.images, mean, std), config, predict)
+            if predict_held_out
+            else {}
+        ),
         seconds=seconds,
         epochs=len(history.history["loss"]),
         scene=(
-            predict_all(model, normalize(scene.images, mean, std), config)
+            predict_all(model, normalize(scene.images, mean, std), config, predict)
             if scene is not None
             else None
         ),
     )
 
 
-def predict_all(model: Any, images: np.ndarray, config: Any) -> dict[str, np.ndarray]:
-    """Probabilities under every test-time augmentation mode, from the same trained model.
-
-    Every mode's transforms are a subset of `d4`'s, so the 8 `d4` passes run once and each
-    mode averages its own subset of them (as `unet.symmetry_average` would compute it).
-    """
+def d4_predictor(model: Any) -> Any:
+    """A tf.function: images [N,H,W,3] -> the model's outputs under all 8 `d4` transforms."""
     import tensorflow as tf
 
     from components.unet import TEST_TIME_TRANSFORMS, symmetry_outputs
 
     every = TEST_TIME_TRANSFORMS["d4"]
-    predict = tf.function(
-        lambda x: tf.stack(symmetry_outputs(model, x, every)), reduce_retracing=True
-    )
+    return tf.function(lambda x: tf.stack(symmetry_outputs(model, x, every)), reduce_retracing=True)
+
+
+def predict_all(
+    model: Any, images: np.ndarray, config: Any, predict: Any = None
+) -> dict[str, np.ndarray]:
+    """Probabilities under every test-time augmentation mode, from the same trained model.
+
+    Every mode's transforms are a subset of `d4`'s, so the 8 `d4` passes run once and each
+    mode averages its own subset of them (as `unet.symmetry_average` would compute it).
+    `predict`: `d4_predictor(model)`, made here if not given.
+    """
+    import tensorflow as tf
+
+    from components.unet import TEST_TIME_TRANSFORMS
+
+    every = TEST_TIME_TRANSFORMS["d4"]
+    predict = predict or d4_predictor(model)
     step = config.train.batch_size
     # [transforms, N, H, W, 1]
     outputs = np.concatenate(

@@ -25,7 +25,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from components import metrics as metrics_lib
-from components.config import TrainConfig, TrainerConfig
+from components.config import TrainConfig, TrainerConfig, with_hyperparameters
 from components.transform_lib import (
     IMAGE_XF,
     MASK_XF,
@@ -56,6 +56,7 @@ PROBABILITIES = OUTPUT_NAME
 FIGURES_DIR = "figures"
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "trainer_config.json"
+ASSETS_EXTRA = "assets.extra"  # SavedModel folder for extra files (TF Serving's warmup too)
 CURVES_FILE = "training_curves.png"
 CURVE_METRICS = ("loss", "pixel_accuracy", "iou")
 
@@ -567,6 +568,8 @@ def run_fn(fn_args: Any) -> None:
     (`fn_args.train_steps`), else one full pass over the train split; likewise for eval.
     """
     config = TrainerConfig.from_custom_config(fn_args.custom_config)
+    if fn_args.hyperparameters:  # the Tuner's best values (`tailings run --tune`)
+        config = with_hyperparameters(config, fn_args.hyperparameters)
     train_config = config.train
     keras.utils.set_random_seed(train_config.seed)
 
@@ -643,3 +646,6 @@ def run_fn(fn_args: Any) -> None:
         size_multiple=config.model.size_multiple,
         test_time_augmentation=config.model.test_time_augmentation,
     )
+    # The recipe travels with the model (and with every version the Pusher copies): TF Serving
+    # ignores assets.extra except for its warmup requests.
+    _write_bytes(os.path.join(fn_args.serving_model_dir, ASSETS_EXTRA, CONFIG_FILE), config_json)

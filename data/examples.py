@@ -86,7 +86,28 @@ def decode_arrays(serialized: bytes) -> tuple[str, np.ndarray, np.ndarray]:
     """(pair id, image H x W x bands float32, mask H x W uint8) from one serialized Example."""
     import tensorflow as tf
 
+    return _arrays(tf.train.Example.FromString(serialized).features.feature)
+
+
+def decode_pair(serialized: bytes) -> GeoPair:
+    """The GeoPair (pixels and georeference) of one serialized Example: `to_example` inverted.
+    The affine transform comes back as the float32 the Example stores it in."""
+    import tensorflow as tf
+
     ex = tf.train.Example.FromString(serialized).features.feature
+    pair_id, image, mask = _arrays(ex)
+    return GeoPair(
+        pair_id=pair_id,
+        image=image,
+        mask=mask,
+        band_names=tuple(v.decode() for v in ex[F.BAND_NAMES].bytes_list.value),
+        crs_wkt=ex[F.CRS_WKT].bytes_list.value[0].decode(),
+        epsg=int(ex[F.EPSG].int64_list.value[0]),
+        transform=tuple(float(v) for v in ex[F.TRANSFORM].float_list.value),
+    )
+
+
+def _arrays(ex) -> tuple[str, np.ndarray, np.ndarray]:  # noqa: ANN001 (a proto feature map)
     height = ex[F.HEIGHT].int64_list.value[0]
     width = ex[F.WIDTH].int64_list.value[0]
     bands = ex[F.BANDS].int64_list.value[0]

@@ -9,6 +9,7 @@ from components.config import (
     DEFAULT_PRESET,
     TrainerConfig,
     TransformConfig,
+    TuneConfig,
     preset,
     with_overrides,
 )
@@ -132,6 +133,8 @@ class PipelineConfig:
     beam_args: tuple[str, ...] = ()
     # `tailings compile`: the pipeline runs elsewhere (Vertex AI / Kubeflow), on these URIs.
     remote: RemoteLocations | None = None
+    # `tailings run --tune`: TFX's Tuner searches the Trainer's settings first; None: no Tuner.
+    tune: TuneConfig | None = None
 
     @property
     def pipeline_root(self) -> Path:

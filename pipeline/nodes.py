@@ -18,6 +18,7 @@ STATISTICS_GEN = "StatisticsGen"
 EXAMPLE_VALIDATOR = "ExampleValidator"
 VALIDATION_GATE = "ExampleValidationGate"
 TRANSFORM = "Transform"
+TUNER = "Tuner"  # only in runs with `--tune`
 TRAINER = "Trainer"
 BASELINE_RESOLVER = "latest_blessed_model_resolver"
 # Two Evaluators: the scene split decides the blessing; the centred eval tiles are reported.
@@ -35,6 +36,8 @@ MODEL_RUN = "model_run"
 EVALUATION = "evaluation"
 BLESSING = "blessing"
 PUSHED_MODEL = "pushed_model"
+BEST_HYPERPARAMETERS = "best_hyperparameters"
+TUNER_RESULTS = "tuner_results"
 
 # What `tailings runs` shows of a run, recorded by the runner when the run ends as one custom
 # property of the run's ML Metadata context (JSON, `pipeline.runs.RunDigest`), so that listing

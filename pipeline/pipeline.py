@@ -14,8 +14,10 @@ from tfx import v1 as tfx
 
 import components
 from components import facility_metrics, metrics, transform_lib
+from components.config import TUNE_KEY
 from components.example_gen import GeoTiffExampleGen
 from components.pusher import Pusher
+from components.tuner import Tuner
 from components.validation_gate import ExampleValidationGate
 from pipeline import nodes
 from pipeline.beam_args import direct_args
@@ -26,10 +28,12 @@ from schemas import SCHEMA_DIR, features
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 TRANSFORM_MODULE = str(COMPONENTS_DIR / "transform_module.py")
 TRAINER_MODULE = str(COMPONENTS_DIR / "trainer_module.py")
+TUNER_MODULE = str(COMPONENTS_DIR / "tuner_module.py")
 # The same functions by import path, for a compiled pipeline: its container image has the
 # project installed (Dockerfile), so nothing is packaged into a wheel under the pipeline root.
 PREPROCESSING_FN = "components.transform_module.preprocessing_fn"
 RUN_FN = "components.trainer_module.run_fn"
+TUNER_FN = "components.tuner_module.tuner_fn"
 SCHEMA_FILE = str(SCHEMA_DIR / "schema.pbtxt")
 
 
@@ -97,9 +101,17 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
     # Local runs name the module files: TFX packages them and hashes their text into the cache
     # key, so an edited module re-runs Transform / the Trainer.
     modules = (
-        {"transform": {"module_file": TRANSFORM_MODULE}, "trainer": {"module_file": TRAINER_MODULE}}
+        {
+            "transform": {"module_file": TRANSFORM_MODULE},
+            "trainer": {"module_file": TRAINER_MODULE},
+            "tuner": {"module_file": TUNER_MODULE},
+        }
         if remote is None
-        else {"transform": {"preprocessing_fn": PREPROCESSING_FN}, "trainer": {"run_fn": RUN_FN}}
+        else {
+            "transform": {"preprocessing_fn": PREPROCESSING_FN},
+            "trainer": {"run_fn": RUN_FN},
+            "tuner": {"tuner_fn": TUNER_FN},
+        }
     )
     example_gen = GeoTiffExampleGen(
         input_base=remote.data if remote else str(cfg.data_dir),
@@ -132,11 +144,31 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
         ),
     ).with_id(nodes.TRANSFORM)
     transform.add_upstream_node(gate)  # anomalies stop the run before Transform and Trainer
+    tuner = None
+    if cfg.tune is not None:
+        # Trials train on the train split's tiles as they are (not Transform's output): each
+        # trial normalises with its own training part, holds out one fold and scores scene
+        # windows of it (components/tuner_lib.py). eval_args names the train split too: no
+        # trial reads the centred eval tiles.
+        tuner = Tuner(
+            **modules["tuner"],
+            examples=example_gen.outputs[nodes.EXAMPLES],
+            schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=[nodes.TRAIN_SPLIT]),
+            eval_args=tfx.proto.EvalArgs(splits=[nodes.TRAIN_SPLIT]),
+            tune_args=tfx.proto.TuneArgs(num_parallel_trials=cfg.tune.workers),
+            custom_config={
+                **cfg.trainer().to_custom_config(),
+                TUNE_KEY: cfg.tune.to_dict(),
+            },
+        ).with_id(nodes.TUNER)
+        tuner.add_upstream_node(gate)  # no search on data with anomalies
     trainer = tfx.components.Trainer(
         **modules["trainer"],
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
+        hyperparameters=tuner.outputs[nodes.BEST_HYPERPARAMETERS] if tuner else None,
         custom_config=cfg.trainer().to_custom_config(),
     ).with_id(nodes.TRAINER)
     baseline = tfx.dsl.Resolver(
@@ -184,6 +216,7 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
             example_validator,
             gate,
             transform,
+            *([tuner] if tuner else []),
             trainer,
             baseline,
             evaluator,

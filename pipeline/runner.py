@@ -31,6 +31,7 @@ from data.lock import output_lock
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.runs import RunDigest
+from pipeline.tuning import Search, read_search, search_lines
 
 if TYPE_CHECKING:
     from pipeline.evaluation import SplitEvaluation
@@ -57,6 +58,7 @@ class RunSummary:
     pushed_path: str | None = None
     reused_version: bool = False
     error: str | None = None
+    search: Search | None = None  # the Tuner's trials (`tailings run --tune`)
 
     @property
     def gate(self) -> SplitEvaluation:
@@ -99,6 +101,8 @@ class RunSummary:
             out += [f"  {a}" for a in self.anomalies]
         elif self.converted is not None:
             out.append("anomalies: none")
+        if self.search is not None:
+            out += search_lines(self.search)
         for evaluation in self.evaluations.values():
             out += evaluation_lines(evaluation)
         if self.blessed is not None:
@@ -317,7 +321,14 @@ def describe_trainer(cfg: PipelineConfig) -> str:
     line = f"Trainer: preset {cfg.preset} ({trainer.model.encoder}"
     line += f", {trainer.train.epochs} epochs"
     line += f", test-time augmentation {trainer.model.test_time_augmentation})"
-    return line + (f", changed: {', '.join(changes)}" if changes else "")
+    line += f", changed: {', '.join(changes)}" if changes else ""
+    if cfg.tune is not None:
+        t = cfg.tune
+        line += (
+            f"; Tuner first: {t.trials} trials of {t.epochs} epochs, {t.workers} at once, "
+            "the Trainer takes the best values"
+        )
+    return line
 
 
 def new_run_id() -> str:
@@ -465,6 +476,7 @@ def summarize_record(run: metadata.RunRecord, seconds: float) -> RunSummary:
             from pipeline.evaluation import load_evaluation
 
             s.evaluations[split] = load_evaluation(evaluation.uri, split)
+    s.search = read_search(run)
     blessing = run.artifact(nodes.SCENE_EVALUATOR, nodes.BLESSING)
     if blessing is not None:
         s.blessed = bool(metadata.custom(blessing, "blessed"))

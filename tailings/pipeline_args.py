@@ -16,7 +16,7 @@ THRESHOLD_FLAGS = (  # flag, Thresholds field, what it bounds
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
-    from components.config import PRESETS
+    from components.config import PRESETS, TuneConfig
     from pipeline.config import PipelineConfig, Thresholds
 
     d, t = PipelineConfig(), Thresholds()
@@ -43,6 +43,26 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=d.workers, help="Beam DirectRunner workers (%(default)s)"
     )
+    tune = TuneConfig()
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="search the Trainer's settings with TFX's Tuner first (KerasTuner, Bayesian "
+        "optimisation, trials scored on scene windows of a held-out part of the train split); "
+        "the Trainer trains with the best",
+    )
+    for name, what in (
+        ("trials", "trials of the search"),
+        ("epochs", "epochs of each trial"),
+        ("workers", "trials at once, each in its own process (KerasTuner's chief and workers)"),
+    ):
+        p.add_argument(
+            f"--tune-{name}",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"with --tune: {what} (default: {getattr(tune, name)})",
+        )
 
 
 def pipeline_settings(args: argparse.Namespace) -> dict:
@@ -59,6 +79,7 @@ def pipeline_settings(args: argparse.Namespace) -> dict:
     except ValueError as err:
         raise CliError(str(err)) from None
     return {
+        "tune": tune_settings(args),
         "model_name": args.model_name,
         "preset": args.preset,
         "epochs": args.epochs,
@@ -66,6 +87,22 @@ def pipeline_settings(args: argparse.Namespace) -> dict:
         "workers": args.workers,
         "thresholds": thresholds,
     }
+
+
+def tune_settings(args: argparse.Namespace):  # -> components.config.TuneConfig | None
+    """The search `--tune` asks for, or None; a --tune-* flag without --tune is an error."""
+    from components.config import TuneConfig
+
+    given = {n: getattr(args, f"tune_{n}") for n in ("trials", "epochs", "workers")}
+    given = {n: v for n, v in given.items() if v is not None}
+    if not args.tune:
+        if given:
+            raise CliError(f"--tune-{next(iter(given))} needs --tune")
+        return None
+    try:
+        return TuneConfig(**given)
+    except ValueError as err:
+        raise CliError(str(err)) from None
 
 
 def check_trainer_settings(cfg) -> None:

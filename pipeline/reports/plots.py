@@ -97,3 +97,30 @@ def thumbnail_png(
     axes.set_title(f"{pair_id}  ({mask.mean():.0%} tailings)", fontsize=8)
     axes.axis("off")
     return png_bytes(figure)
+
+
+def trial_scores_png(
+    trials: list[tuple[int, float | None]], objective: str, rc: ReportConfig = DEFAULTS
+) -> bytes:
+    """A search's score by trial (trial number, score; None for a trial that did not
+    complete, drawn as an x on the axis) with the best score so far as a step line."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=rc.histogram_inches, dpi=rc.dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    done = [(n, s) for n, s in trials if s is not None]
+    if done:
+        numbers, scores = zip(*done, strict=True)
+        axes.plot(numbers, scores, "o", color="C0", label="trial")
+        axes.step(
+            numbers, np.maximum.accumulate(scores), where="post", color="C1", label="best so far"
+        )
+    failed = [n for n, s in trials if s is None]
+    if failed:
+        axes.plot(failed, [0.0] * len(failed), "x", color="C3", label="did not complete")
+    axes.set_xlabel("trial", fontsize=8)
+    axes.set_ylabel(objective, fontsize=8)
+    axes.tick_params(labelsize=7)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    return png_bytes(figure)

@@ -21,6 +21,7 @@ from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
 from pipeline.reports.stats import open_run
 from pipeline.runner import RunSummary, summarize_run
+from pipeline.tuning import OBJECTIVE_DESCRIPTION, Search, read_search
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RunReport:
     figures: list[tuple[str, bytes]] = field(default_factory=list)
     # Per evaluated split: (pair id, PNG of the RGB with FP/FN coloured), worst first.
     error_maps: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
+    search: Search | None = None  # the Tuner's trials (`tailings run --tune`)
 
 
 def load_report(
@@ -69,6 +71,7 @@ def load_report(
         pngs = sorted((folder / trainer_lib.FIGURES_DIR).glob("*.png"))[: rc.max_figures]
         report.figures = [(p.stem, p.read_bytes()) for p in pngs]
     report.error_maps = _error_maps(run, report.summary)
+    report.search = read_search(run)
     return report
 
 
@@ -123,6 +126,7 @@ def report_html(report: RunReport) -> str:
         _evaluation(report),
         _error_section(report),
         _model(s),
+        _tuning(report.search),
         _training(report),
         _figures(report),
         _components(report),
@@ -265,6 +269,47 @@ def _model(s: RunSummary) -> str:
     else:
         text = f"BLESSED and pushed as version {s.pushed_version} to {s.pushed_path}"
     return h.section("Model", h.note(text))
+
+
+def _tuning(search: Search | None) -> str:
+    """The Tuner's trials: score by trial, and every trial's values, score and duration."""
+    if search is None:
+        return ""  # a run without --tune has no Tuner
+    best = search.best
+    parts = [
+        f"<p>{len(search.trials)} trials ({h.esc(search.algorithm)}, {search.workers} at once) "
+        f"in {search.seconds:.0f} s. Score ({h.esc(search.objective)}): "
+        f"{h.esc(OBJECTIVE_DESCRIPTION)}, after each trial's short training. The Trainer "
+        "trained the preset's epochs with the best trial's values.</p>",
+        h.figure(
+            plots.data_uri(
+                plots.trial_scores_png(
+                    [(int(t.trial), t.score) for t in search.trials], search.objective
+                )
+            ),
+            alt="score by trial",
+        ),
+    ]
+    names = search.names
+    rows, classes = [], []
+    for t in search.trials:
+        seconds = f"{t.seconds:.0f}" if t.seconds is not None else "-"
+        score = f"{t.score:.3f}" if t.score is not None else "-"
+        values = [
+            f"{v:.3g}" if isinstance(v, float) else str(v)
+            for v in (t.hyperparameters.get(n, "-") for n in names)
+        ]
+        rows.append((t.trial, t.status.lower(), score, *values, seconds))
+        classes.append("good" if t is best else ("bad" if t.status != "COMPLETED" else ""))
+    text = [
+        3 + i
+        for i, n in enumerate(names)
+        if any(isinstance(t.hyperparameters.get(n), str) for t in search.trials)
+    ]
+    parts.append(
+        h.table(("trial", "status", search.objective, *names, "seconds"), rows, classes, (1, *text))
+    )
+    return h.section("Hyperparameter search", *parts)
 
 
 def _training(report: RunReport) -> str:

@@ -111,6 +111,9 @@ def test_run_refuses_a_bad_set_before_running(tmp_path, change, says):
         (["--workers", "-1"], "--workers must be at least 1, got -1"),
         (["--epochs", "0"], "--epochs must be at least 1, got 0"),
         (["--set", "model.batch_norm=False"], "batch_norm must be true or false, got 'False'"),
+        (["--tune-trials", "4"], "--tune-trials needs --tune"),
+        (["--tune", "--tune-workers", "0"], "--tune-workers must be at least 1, got 0"),
+        (["--tune", "--tune-epochs", "-2"], "--tune-epochs must be at least 1, got -2"),
     ],
 )
 def test_run_refuses_bad_flags_naming_the_flag(tmp_path, flags, says):
