@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from data.beam_options import direct_args
 from data.config import ConversionConfig, ValidationConfig
 from data.errors import TailingsError, os_reason
 from data.examples import to_example
@@ -281,20 +282,6 @@ class ConversionError(TailingsError, RuntimeError):
     """A problem with the whole job (missing folder, nothing to convert), not with one pair."""
 
 
-def pipeline_options(
-    workers: int, beam_args: Sequence[str] = (), running_mode: str = "multi_processing"
-) -> PipelineOptions:
-    """DirectRunner settings for `workers`; options the user passes explicitly win."""
-    options = PipelineOptions(list(beam_args))
-    direct = options.view_as(DirectOptions)
-    given = " ".join(beam_args)
-    if workers > 1 and "--direct_num_workers" not in given:
-        direct.direct_num_workers = workers
-    if workers > 1 and "--direct_running_mode" not in given:
-        direct.direct_running_mode = running_mode
-    return options
-
-
 def _pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A Beam pipeline; a bad runner option becomes one clear error instead of a traceback."""
     try:
@@ -416,7 +403,8 @@ def run_conversion(
         )
         ticker.start()
         try:
-            with _pipeline(pipeline_options(cfg.workers, beam_args, cfg.running_mode)) as p:
+            direct = direct_args(cfg.workers, beam_args, running_mode=cfg.running_mode)
+            with _pipeline(PipelineOptions([*direct, *beam_args])) as p:
                 convert_pairs(p, specs, output_dir, plan, cfg.validation, rejected_path, excluded)
         finally:
             stop.set()

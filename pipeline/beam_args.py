@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from data import beam_options
 from data.errors import TailingsError
 
 
@@ -19,25 +20,16 @@ class BeamArgsError(TailingsError, ValueError):
     """Beam options that Beam does not know, or that their runner refuses."""
 
 
-# `--name` of the DirectRunner options `--workers` sets; one the user passes wins.
-DIRECT_NUM_WORKERS = "--direct_num_workers"
-DIRECT_RUNNING_MODE = "--direct_running_mode"
-
-
-def _given(args: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in args)
+# The pipeline's DirectRunner mode with more than one worker: threads, not processes. The
+# heavy work (GDAL, zlib, TF) releases the GIL, and worker processes would each pay Beam's and
+# TensorFlow's import time.
+PIPELINE_RUNNING_MODE = "multi_threading"
 
 
 def direct_args(workers: int, beam_args: Sequence[str] = ()) -> list[str]:
-    """The DirectRunner settings for `workers` that `beam_args` does not set itself."""
-    out = []
-    if not _given(beam_args, DIRECT_NUM_WORKERS):
-        out.append(f"{DIRECT_NUM_WORKERS}={workers}")
-    if workers > 1 and not _given(beam_args, DIRECT_RUNNING_MODE):
-        # Threads, not processes: the heavy work (GDAL, zlib, TF) releases the GIL and worker
-        # processes would each pay Beam's and TensorFlow's import time.
-        out.append(f"{DIRECT_RUNNING_MODE}=multi_threading")
-    return out
+    """`data.beam_options.direct_args` in the pipeline's running mode (`tailings run` and
+    `tailings compile`)."""
+    return beam_options.direct_args(workers, beam_args, running_mode=PIPELINE_RUNNING_MODE)
 
 
 def unknown_options(beam_args: Sequence[str]) -> list[str]:
@@ -57,11 +49,16 @@ def runner_name(beam_args: Sequence[str]) -> str:
     return PipelineOptions(list(beam_args)).view_as(StandardOptions).runner or "DirectRunner"
 
 
-def check_beam_args(beam_args: Sequence[str], *, local: bool = True) -> str:
+def check_beam_args(beam_args: Sequence[str], *, local: str | None) -> str:
     """Raise `BeamArgsError` unless Beam knows every option, the runner exists, and Beam's own
     validator (what DataflowRunner runs on submission) finds nothing missing. Returns the
-    runner's name. `local`: for `tailings run`, whose pipeline root and metadata store are
-    local files, which a Dataflow job cannot reach (that is what `tailings compile` is for)."""
+    runner's name.
+
+    `local`: for a verb whose Beam workers must reach this machine's files (`tailings run`'s
+    pipeline root and metadata store, `tailings predict --beam`'s scenes and outputs), the
+    reason to print, with what to do instead, when a service runner (Dataflow, as Beam's
+    `is_service_runner` tells) is given: `--runner NAME: <local>`. None where any runner
+    will do (`tailings compile`, `tailings convert`)."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.runner import create_runner
@@ -81,11 +78,7 @@ def check_beam_args(beam_args: Sequence[str], *, local: bool = True) -> str:
     options = PipelineOptions(beam_args)
     validator = PipelineOptionsValidator(options, runner)
     if local and validator.is_service_runner():
-        raise BeamArgsError(
-            f"--runner {name} cannot reach this run's local files (pipeline root, metadata "
-            "store); compile the pipeline for Vertex AI or Kubeflow with `tailings compile "
-            "--beam-runner DataflowRunner ...` instead"
-        )
+        raise BeamArgsError(f"--runner {name}: {local}")
     if type(runner).__name__ == "PortableRunner":
         from apache_beam.options.pipeline_options import PortableOptions
 

@@ -28,10 +28,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data.errors import EXIT_FAILED, EXIT_OK, EXIT_SOME_FAILED, TailingsError
+from data.geo import SQUARE_METRES_PER_HECTARE
 from serving.config import PredictConfig
 from serving.predict import (
     WGS84,
@@ -129,7 +130,9 @@ def name_scenes(paths: Sequence[Path]) -> list[SceneJob]:
 # --------------------------------------------------------------------------- records
 @dataclass
 class FleetRecord:
-    """One scene's row of the summary."""
+    """One scene's row of the summary: the scene, its name in the output folder, how it went
+    and its header (CRS, size, footprint), and once predicted, the `SceneResult` of
+    `predict_scene` / `write_scene` (the single-scene code)."""
 
     scene: str
     name: str
@@ -138,16 +141,8 @@ class FleetRecord:
     crs: str = ""
     width: int = 0
     height: int = 0
-    windows: int = 0
-    valid_pixels: int = 0
-    tailings_pixels: int = 0
-    tailings_ha: float = 0.0
-    valid_ha: float = 0.0
-    polygons: int | None = None
-    seconds: float = 0.0
-    area_method: str = ""
-    outputs: list[str] = field(default_factory=list)
     footprint: dict | None = None  # GeoJSON geometry, WGS 84 longitude/latitude
+    result: SceneResult | None = None
 
     @classmethod
     def failed(cls, scene: str, name: str, error: str) -> FleetRecord:
@@ -164,21 +159,20 @@ class FleetRecord:
         return record
 
     def succeed(self, result: SceneResult) -> FleetRecord:
-        self.status = OK
-        self.windows = result.windows
-        self.valid_pixels = result.valid_pixels
-        self.tailings_pixels = result.tailings_pixels
-        self.tailings_ha = result.tailings_ha
-        self.valid_ha = result.valid_m2 / 1e4
-        self.polygons = result.polygons
-        self.seconds = result.seconds
-        self.area_method = result.area_method
-        self.outputs = list(result.outputs)
+        self.status, self.result = OK, result
         return self
 
     def fail(self, error: str) -> FleetRecord:
-        self.status, self.error = FAILED, error
+        self.status, self.error, self.result = FAILED, error, None
         return self
+
+    @property
+    def tailings_ha(self) -> float:
+        return self.result.tailings_ha if self.result else 0.0
+
+    @property
+    def valid_ha(self) -> float:
+        return self.result.valid_m2 / SQUARE_METRES_PER_HECTARE if self.result else 0.0
 
     @property
     def share_pct(self) -> float:
@@ -190,12 +184,15 @@ class FleetRecord:
 
     @classmethod
     def from_json(cls, text: str) -> FleetRecord:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        if fields["result"] is not None:
+            fields["result"] = SceneResult(**fields["result"])
+        return cls(**fields)
 
     def properties(self) -> dict:
         """The summary's columns (CSV) and feature properties (GeoJSON)."""
         out = {name: "" for name in ("mask", "probabilities", "polygons_file")}
-        for path in self.outputs:
+        for path in self.result.outputs if self.result else ():
             kind = (
                 "mask"
                 if path.endswith(".mask.tif")
@@ -204,6 +201,7 @@ class FleetRecord:
                 else "polygons_file"
             )
             out[kind] = os.path.basename(path)
+        result = self.result
         ok = self.status == OK
         return {
             "scene": self.scene,
@@ -213,14 +211,14 @@ class FleetRecord:
             "crs": self.crs,
             "width": self.width,
             "height": self.height,
-            "windows": self.windows,
-            "tailings_pixels": self.tailings_pixels if ok else "",
+            "windows": result.windows if result else 0,
+            "tailings_pixels": result.tailings_pixels if ok and result else "",
             "tailings_ha": round(self.tailings_ha, 4) if ok else "",
             "valid_ha": round(self.valid_ha, 4) if ok else "",
             "tailings_share_pct": round(self.share_pct, 4) if ok else "",
-            "polygons": "" if self.polygons is None else self.polygons,
-            "seconds": round(self.seconds, 2),
-            "area_method": self.area_method,
+            "polygons": "" if result is None or result.polygons is None else result.polygons,
+            "seconds": round(result.seconds if result else 0.0, 2),
+            "area_method": result.area_method if result else "",
             **out,
         }
 
@@ -377,10 +375,10 @@ class FleetProgress:
         """A scene is done: its windows count as done (also those a failure skipped)."""
         self.advance(max(0, self.scene_end - self.done_windows))
         self.done_scenes += 1
-        if record.status == OK:
+        if record.status == OK and record.result is not None:
             what = (
                 f"{record.tailings_ha:.2f} ha tailings ({record.share_pct:.2f} % of "
-                f"{record.valid_ha:.2f} ha), {record.seconds:.1f} s"
+                f"{record.valid_ha:.2f} ha), {record.result.seconds:.1f} s"
             )
         else:
             what = f"FAILED: {record.error}"

@@ -33,10 +33,8 @@ Memory: a scene's window probabilities meet in one worker to be blended (float32
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -62,19 +60,9 @@ from serving.predict import (
 )
 
 FAILED_TAG = "failed"
+# `--workers` on the DirectRunner: worker processes, each with its own copy of the model.
+RUNNING_MODE = "multi_processing"
 RECORDS = "records.jsonl"
-# tensorflow_hub, which Beam's TensorFlow model handler imports, warns on every import that
-# pkg_resources is deprecated: here and in every DirectRunner worker (they inherit the
-# environment, so PYTHONWARNINGS reaches them).
-HUB_WARNING = "pkg_resources is deprecated as an API"
-
-
-def _quiet_hub_warning() -> None:
-    warnings.filterwarnings("ignore", message=HUB_WARNING, category=UserWarning)
-    rule = f"ignore:{HUB_WARNING}:UserWarning"
-    given = os.environ.get("PYTHONWARNINGS", "")
-    if rule not in given:
-        os.environ["PYTHONWARNINGS"] = f"{given},{rule}" if given else rule
 
 
 def serving_default_inference(
@@ -93,7 +81,6 @@ def serving_default_inference(
 
 def model_handler(version_dir: Path, cfg: PredictConfig):
     """Beam's TensorFlow model handler for a pushed version, keyed, batching `batch_size`."""
-    _quiet_hub_warning()
     from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
     return KeyedModelHandler(

@@ -25,7 +25,7 @@ from tailings.common import (
     check_writable,
     os_error_line,
     say,
-    tensorflow_noise_filtered,
+    verb_noise_filtered,
 )
 from tailings.compile_cli import add_compile
 from tailings.labels_cli import add_labels
@@ -95,6 +95,10 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise CliError("--workers and --shards must be at least 1")
     if args.labels is not None and not args.labels.is_file():
         raise CliError(f"--labels {args.labels}: no such file")
+    if beam_args:  # Beam's own checks (Beam's import only), before TensorFlow and the job
+        # Any runner, Dataflow too: its workers must be able to read --images and --masks
+        # (README, "Running the conversion elsewhere"), which cannot be checked from here.
+        _check_beam_args(beam_args, local=None)
     excluded = _exclusions(args.images, args.masks, args.labels or args.images.resolve().parent)
     check_writable(args.output, "--output")  # a local folder; gs://... is left to Beam
     from data.convert import run_conversion, shard_write_failure
@@ -126,6 +130,17 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
             f"see {args.output}/{cfg.rejected_file}"
         )
     return EXIT_OK
+
+
+def _check_beam_args(beam_args: list[str], *, local: str | None) -> None:
+    """`pipeline.beam_args.check_beam_args` on the options after `--`, its error as one line
+    that starts with `--`."""
+    from pipeline.beam_args import BeamArgsError, check_beam_args
+
+    try:
+        check_beam_args(beam_args, local=local)
+    except BeamArgsError as err:
+        raise CliError(f"-- {err}") from None
 
 
 class _QuietShardWriteFailures(logging.Filter):
@@ -234,12 +249,12 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
             f"{cfg.data_dir} must hold img/ and mask/ folders (try `tailings fetch-data`)"
         )
     if beam_args:  # Beam's own checks (about 5 s of imports), before anything runs
-        from pipeline.beam_args import BeamArgsError, check_beam_args
-
-        try:
-            check_beam_args(beam_args)
-        except BeamArgsError as err:
-            raise CliError(f"-- {err}") from None
+        _check_beam_args(
+            beam_args,
+            local="its workers cannot reach this run's local files (pipeline root, metadata "
+            "store); compile the pipeline for Vertex AI or Kubeflow with `tailings compile "
+            "--beam-runner DataflowRunner ...` instead",
+        )
     excluded = _exclusions(cfg.data_dir / "img", cfg.data_dir / "mask", cfg.data_dir)
     if excluded:
         say(f"labels.yaml: {len(excluded)} pair(s) excluded by review: {', '.join(excluded)}")
@@ -315,7 +330,7 @@ def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
         if args.examples is not None:
             from data.reader import shard_files
 
-            shard_files(args.examples)  # a folder without shards: FileNotFoundError
+            files = shard_files(args.examples)  # a folder without shards: FileNotFoundError
         else:
             check_run_recorded(
                 cfg.metadata_path,
@@ -326,7 +341,7 @@ def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
         from pipeline.schema_draft import statistics_from_examples, statistics_from_run
 
         if args.examples is not None:
-            stats = statistics_from_examples(args.examples)
+            stats = _statistics_of_shards(statistics_from_examples, args.examples, files)
         else:
             stats = statistics_from_run(cfg, args.run)
     except (FileNotFoundError, KeyError) as err:
@@ -336,6 +351,20 @@ def _schema_infer(args: argparse.Namespace, beam_args: list[str]) -> int:
     out = write_draft(stats, args.out)
     say(f"wrote {out}; review it against schemas/schema.pbtxt (the curated schema is unchanged)")
     return EXIT_OK
+
+
+def _statistics_of_shards(compute: Callable, folder: Path, files: list[str]):
+    """`compute(folder)`; when it fails (Beam's error, a long traceback, names no file, e.g. "Not
+    a valid TFRecord"), the first shard that cannot be read whole, in one line."""
+    try:
+        return compute(folder)
+    except Exception:
+        from pipeline.reports.stats import first_unreadable_shard
+
+        problem = first_unreadable_shard(files)
+        if problem is None:  # every shard reads: not a shard's fault, the error as it was
+            raise
+        raise problem from None
 
 
 # --------------------------------------------------------------------------- main
@@ -366,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with tensorflow_noise_filtered():  # TensorFlow's start-up lines, wherever a verb loads it
+    with verb_noise_filtered():  # TensorFlow's and Beam's workers' start-up lines
         return _main(argv)
 
 

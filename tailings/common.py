@@ -13,25 +13,36 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 # TFX/TFMA 1.16 need Keras-2 SavedModels; must be set before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ log: 2 drops INFO and WARNING (cpu_feature_guard, "TF-TRT Warning: Could not
 # find TensorRT"), keeps ERROR. Read once, when TensorFlow's C++ library loads. Whether the user
-# chose a level decides whether `tensorflow_noise_filtered` filters anything (see there).
+# chose a level decides whether `verb_noise_filtered` filters these lines (see there).
 USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Google client libraries warn about Python 3.10 on import; TFX 1.16 cannot run on newer Python.
+# Everything about the noise of the processes a verb starts (Beam's workers: `convert` and
+# `predict --beam` with --workers > 1 run them as processes) lives in this module: the warnings
+# below, and the lines `verb_noise_filtered` keeps from stderr.
+#
+# Python warnings that say nothing to a user of the command line: Google's client libraries warn
+# about Python 3.10 on import (TFX 1.16 cannot run on newer Python), and tensorflow_hub, which
+# Beam's TensorFlow model handler imports (`predict --beam`), that pkg_resources is deprecated.
+HUB_WARNING = "pkg_resources is deprecated as an API"
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
-# The same two warnings in the processes a verb starts (Beam's workers), which inherit the
-# environment, not the filter above; a user's own PYTHONWARNINGS is left as it is.
-os.environ.setdefault(
-    "PYTHONWARNINGS",
-    "ignore::FutureWarning:google.api_core._python_version_support,"
+warnings.filterwarnings("ignore", message=HUB_WARNING, category=UserWarning)
+# The same in the processes a verb starts, which inherit the environment, not the filters above
+# (only the two Google modules that warn on every import: PYTHONWARNINGS takes module names, not
+# patterns). A user's own PYTHONWARNINGS is left as it is.
+WORKER_WARNINGS = (
+    "ignore::FutureWarning:google.api_core._python_version_support",
     "ignore::FutureWarning:google.auth.transport.grpc",
+    f"ignore:{HUB_WARNING}:UserWarning",
 )
+os.environ.setdefault("PYTHONWARNINGS", ",".join(WORKER_WARNINGS))
 # Library chatter that says nothing to a user of the command line (full logs: `run` log files).
 logging.getLogger("apache_beam.io.tfrecordio").setLevel(logging.ERROR)
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -48,6 +59,18 @@ TF_STARTUP_NOISE = re.compile(
     rb"|cpu_feature_guard\.cc:\d+\]"
     rb"|TF-TRT Warning: Could not find TensorRT"
     rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
+)
+
+# What Beam's worker processes print as they start, besides TensorFlow's start-up lines: the
+# FutureWarnings of Google modules that WORKER_WARNINGS cannot name (grpcio versions, ...), with
+# the source line Python echoes after each, and Beam's own two WARNING lines about the options
+# the DirectRunner hands its workers ("Discarding unparseable args", "No
+# semi_persistent_directory found"). Errors and every other line still show.
+BEAM_WORKER_NOISE = re.compile(
+    rb"/google/[\w/]+\.py:\d+: FutureWarning: "
+    rb"|^\s+warnings\.warn\((message, FutureWarning\))?$"
+    rb"|No semi_persistent_directory found"
+    rb"|Discarding unparseable args"
 )
 
 
@@ -139,23 +162,38 @@ def _pass_lines(read_end: int, out: int, noise: re.Pattern[bytes], stop: threadi
 
 
 @contextlib.contextmanager
-def tensorflow_noise_filtered() -> Iterator[None]:
-    """Keep TensorFlow's start-up chatter (`TF_STARTUP_NOISE`) from the user for the whole
-    verb, from this process and from the processes it starts (Beam's workers load TensorFlow
-    too); every other line, errors included, still shows, as it is written.
+def verb_noise_filtered() -> Iterator[None]:
+    """Keep start-up chatter from the user for the whole verb, from this process and from the
+    processes it starts: TensorFlow's (`TF_STARTUP_NOISE`; Beam's workers load TensorFlow too)
+    and Beam's workers' (`BEAM_WORKER_NOISE`). Every other line, errors included, still shows,
+    as it is written.
 
-    The lines come from C++ as TensorFlow's library loads, before Python could stop them, hence
-    a filter on the file descriptor (`stderr_filtered`). A user who set TF_CPP_MIN_LOG_LEVEL
-    gets exactly that level and no filter."""
-    if USER_TF_LOG_LEVEL is not None:
-        yield
-        return
-    with stderr_filtered(TF_STARTUP_NOISE):
+    The lines come from C++ as TensorFlow's library loads, before Python could stop them, and
+    from other processes, hence a filter on the file descriptor (`stderr_filtered`). A user who
+    set TF_CPP_MIN_LOG_LEVEL gets exactly that level: then only the workers' lines are
+    filtered."""
+    noise = BEAM_WORKER_NOISE.pattern
+    if USER_TF_LOG_LEVEL is None:
+        noise = TF_STARTUP_NOISE.pattern + b"|" + noise
+    with stderr_filtered(re.compile(noise)):
         yield
 
 
 class CliError(TailingsError):
     """A bad flag or input found by the command line itself: one line to stderr, exit 1."""
+
+
+T = TypeVar("T")
+
+
+def config_from_flags(config: Callable[..., T], **fields: Any) -> T:
+    """`config(**fields)` for a settings class that checks its values in `__post_init__`
+    (`PredictConfig`, `ServerConfig`, `LabelReviewConfig`, `Thresholds`): the ValueError it
+    raises for a bad flag value becomes a `CliError`, its message the one line."""
+    try:
+        return config(**fields)
+    except ValueError as err:
+        raise CliError(str(err)) from None
 
 
 def check_model_name(name: str) -> str:

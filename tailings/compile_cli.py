@@ -101,7 +101,7 @@ def _compile(args: argparse.Namespace, beam_args: list[str]) -> int:
         options = direct_args(args.workers, beam_args)
     options += beam_args
     try:
-        runner = check_beam_args(options, local=False)
+        runner = check_beam_args(options, local=None)  # the runner may be Dataflow
     except BeamArgsError as err:
         raise CliError(str(err)) from None
     cfg = PipelineConfig(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tailings.common import EXIT_OK, CliError, check_writable, say
+from tailings.common import EXIT_OK, CliError, check_writable, config_from_flags, say
+from tailings.pipeline_args import check_trainer_settings
 
 
 def add_labels(sub) -> None:
@@ -78,23 +79,18 @@ def _review(args: argparse.Namespace, beam_args: list[str]) -> int:
     for sub in ("img", "mask"):
         if not (args.data / sub).is_dir():
             raise CliError(f"--data {args.data}: no {sub}/ folder (expected img/ and mask/)")
-    try:
-        cfg = LabelReviewConfig(
-            data_dir=args.data,
-            out_dir=args.out,
-            html=args.html,
-            folds=args.folds,
-            preset=args.preset,
-            epochs=args.epochs,
-            overrides=tuple(args.overrides),
-            write_exclusions=args.write_exclusions,
-        )
-    except ValueError as err:
-        raise CliError(str(err)) from None
-    try:
-        cfg.trainer()
-    except ValueError as err:
-        raise CliError(f"--set {err}") from None
+    cfg = config_from_flags(
+        LabelReviewConfig,
+        data_dir=args.data,
+        out_dir=args.out,
+        html=args.html,
+        folds=args.folds,
+        preset=args.preset,
+        epochs=args.epochs,
+        overrides=tuple(args.overrides),
+        write_exclusions=args.write_exclusions,
+    )
+    check_trainer_settings(cfg)
     specs = discover_pairs(args.data / "img", args.data / "mask")
     if len(specs) < cfg.folds:
         raise CliError(f"--data {args.data}: {len(specs)} pairs are too few for {cfg.folds} folds")

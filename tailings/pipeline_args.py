@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from tailings.common import CliError, check_model_name
+from tailings.common import CliError, check_model_name, config_from_flags
 
 THRESHOLD_FLAGS = (  # flag, Thresholds field, what it bounds
     ("--min-pixel-accuracy", "min_pixel_accuracy", "pixel accuracy"),
@@ -74,10 +74,9 @@ def pipeline_settings(args: argparse.Namespace) -> dict:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.epochs is not None and args.epochs < 1:
         raise CliError(f"--epochs must be at least 1, got {args.epochs}")
-    try:
-        thresholds = Thresholds(**{field: getattr(args, field) for _, field, _ in THRESHOLD_FLAGS})
-    except ValueError as err:
-        raise CliError(str(err)) from None
+    thresholds = config_from_flags(
+        Thresholds, **{field: getattr(args, field) for _, field, _ in THRESHOLD_FLAGS}
+    )
     return {
         "tune": tune_settings(args),
         "model_name": args.model_name,

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import threading
 from pathlib import Path
 
 from tailings.common import (
     EXIT_OK,
-    TF_STARTUP_NOISE,
     CliError,
     check_model_name,
     check_writable,
+    config_from_flags,
     say,
-    stderr_filtered,
     stderr_is_terminal,
 )
 
@@ -155,19 +153,17 @@ def _serve_embedded(args: argparse.Namespace, entries: list) -> int:
     from serving.config import ServerConfig
     from serving.server import EmbeddedServer
 
-    try:
-        cfg = ServerConfig(
-            host=args.host,
-            port=args.port,
-            threads=args.threads,
-            max_body_bytes=int(args.max_body_mb * 2**20),
-            poll_seconds=args.poll_seconds,
-            load_retries=args.max_num_load_retries,
-            load_retry_seconds=args.load_retry_interval_seconds,
-            enable_cors=args.rest_api_enable_cors_support,
-        )
-    except ValueError as err:
-        raise CliError(str(err)) from None
+    cfg = config_from_flags(
+        ServerConfig,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        poll_seconds=args.poll_seconds,
+        load_retries=args.max_num_load_retries,
+        load_retry_seconds=args.load_retry_interval_seconds,
+        enable_cors=args.rest_api_enable_cors_support,
+    )
     server = EmbeddedServer(entries, cfg, say=say, grpc_port=args.grpc_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -293,18 +289,6 @@ def add_predict(sub) -> None:
     p.set_defaults(func=_predict)
 
 
-# What each Beam worker process prints while it starts, besides TensorFlow's own start-up lines:
-# Google's client libraries' FutureWarnings (Python 3.10, grpcio versions) with the source line
-# Python echoes after each, and two Beam warnings about options the DirectRunner sets itself.
-# Errors and everything else still show.
-BEAM_WORKER_NOISE = re.compile(
-    TF_STARTUP_NOISE.pattern
-    + rb"|/google/[\w/]+\.py:\d+: FutureWarning: "
-    + rb"|^\s+warnings\.warn\((message, FutureWarning\))?$"
-    + rb"|No semi_persistent_directory found"
-    + rb"|Discarding unparseable args"
-)
-
 # `--probabilities` / `--polygons` without a file: one per scene in --out-dir.
 PER_SCENE = Path("\0per-scene")
 
@@ -316,15 +300,13 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     from serving.config import PredictConfig
 
-    try:
-        cfg = PredictConfig(
-            tile=args.tile,
-            overlap=args.overlap,
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-        )
-    except ValueError as err:
-        raise CliError(str(err)) from None
+    cfg = config_from_flags(
+        PredictConfig,
+        tile=args.tile,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+    )
     check_model_name(args.model_name)
     if args.server is not None:
         url = urlsplit(args.server)
@@ -418,16 +400,14 @@ def _predict_fleet(args: argparse.Namespace, cfg, beam: bool, beam_args: list[st
             )
     check_writable(args.out_dir, "--out-dir")
     if beam:  # Beam's own checks, before any scene is read or the pipeline is built
-        from pipeline.beam_args import check_beam_args, runner_name
+        from pipeline.beam_args import check_beam_args
 
-        runner = runner_name(beam_args)
-        if "Dataflow" in runner:
-            raise CliError(
-                f"--runner {runner}: `tailings predict --beam` reads scenes and writes --out-dir "
-                "as local files, which Dataflow's workers cannot reach; use the DirectRunner or "
-                "a portable runner (Flink, Spark) whose workers share this file system"
-            )
-        check_beam_args(beam_args, local=False)
+        runner = check_beam_args(
+            beam_args,
+            local="`tailings predict --beam` reads scenes and writes --out-dir as local files, "
+            "which its workers cannot reach; use the DirectRunner or a portable runner (Flink, "
+            "Spark) whose workers share this file system",
+        )
     from data.lock import output_lock
     from serving.fleet import (
         FleetOutputs,
@@ -463,13 +443,15 @@ def _predict_fleet(args: argparse.Namespace, cfg, beam: bool, beam_args: list[st
             records = list(plan.failed)
             write_summary(args.out_dir, records)
         elif beam:
-            from data.convert import pipeline_options
-            from serving.fleet_beam import predict_fleet_beam
+            from apache_beam.options.pipeline_options import PipelineOptions
 
-            options = pipeline_options(args.workers, beam_args)
+            from data.beam_options import direct_args
+            from serving.fleet_beam import RUNNING_MODE, predict_fleet_beam
+
+            direct = direct_args(args.workers, beam_args, running_mode=RUNNING_MODE)
+            options = PipelineOptions([*direct, *beam_args])
             say(f"predicting on Beam ({runner}) ...")
-            with stderr_filtered(BEAM_WORKER_NOISE):
-                records = predict_fleet_beam(plan, version_dir, outputs, cfg, options, say=say)
+            records = predict_fleet_beam(plan, version_dir, outputs, cfg, options, say=say)
             write_summary(args.out_dir, records)
         else:
             model = _open_model(args, cfg)

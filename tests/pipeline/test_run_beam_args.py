@@ -1,5 +1,6 @@
 """`tailings run -- <beam options>`: checked before anything runs, then handed to every
-Beam-powered component of the local pipeline (as `tailings convert` hands them to its job)."""
+Beam-powered component of the local pipeline (as `tailings convert` checks them and hands them
+to its job)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,38 @@ def test_every_beam_powered_component_gets_the_options(tmp_path):
     mine = ("--direct_num_workers=3", "--direct_running_mode=multi_processing")
     cfg = PipelineConfig(data_dir=tmp_path / "data", workers=2, beam_args=mine)
     assert set(map(tuple, _beam_args_by_node(cfg).values())) == {mine}
+
+
+def test_a_service_runner_is_refused_with_the_verbs_own_reason():
+    from pipeline.beam_args import BeamArgsError, check_beam_args
+
+    dataflow = ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t"]
+    with pytest.raises(BeamArgsError) as err:
+        check_beam_args(dataflow, local="it reads X as local files; use Y")
+    assert str(err.value) == "--runner DataflowRunner: it reads X as local files; use Y"
+    assert check_beam_args(dataflow, local=None) == "DataflowRunner"  # where any runner will do
+    assert check_beam_args(["--direct_num_workers=2"], local="unused") == "DirectRunner"
+
+
+def _convert_argv(tmp_path) -> list[str]:
+    from tests.fixtures.geotiffs import make_pairs
+
+    img, msk = make_pairs(tmp_path, 1, size=(16, 16))
+    return ["convert", "--images", str(img), "--masks", str(msk), "--output", str(tmp_path / "o")]
+
+
+@pytest.mark.parametrize(
+    "beam, message",
+    [
+        (["--runer=PortableRunner"], "Beam does not know --runer=PortableRunner"),
+        (["--runner=NoSuchRunner"], "--runner NoSuchRunner: Unexpected pipeline runner"),
+        (["--runner=PortableRunner"], "needs --job_endpoint"),
+        # Dataflow is allowed (workers that can read --images and --masks), and checked offline.
+        (["--runner=DataflowRunner", "--project=p"], "--region is missing"),
+    ],
+)
+def test_convert_checks_its_beam_options_before_the_job(tmp_path, capsys, beam, message):
+    assert main([*_convert_argv(tmp_path), "--", *beam]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("tailings convert: error: -- ") and message in line, line
+    assert not (tmp_path / "o").exists()

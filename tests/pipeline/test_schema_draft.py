@@ -42,3 +42,22 @@ def test_draft_from_a_run_is_written_beside_and_not_over_the_curated_schema(pipe
     assert (SCHEMA_DIR / "schema.pbtxt").read_text() == curated
     draft = _features(tfdv.load_schema_text(str(out)))
     assert draft[F.BANDS].type == draft[F.HEIGHT].type  # INT features inferred as INT
+
+
+def test_a_truncated_shard_is_one_line_naming_it(tmp_path, capfd):
+    """TFDV's Beam job fails with a long traceback that names no file; the CLI names the shard."""
+    from data.config import ConversionConfig
+    from tailings.cli import main
+
+    img, msk = make_pairs(tmp_path, 4, size=(16, 16))
+    run_conversion(str(img), str(msk), str(tmp_path / "out"), ConversionConfig(shards=2))
+    shard = sorted((tmp_path / "out").glob("*.tfrecord.gz"))[1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    capfd.readouterr()
+    argv = ["schema", "infer", "--examples", str(tmp_path / "out")]
+    assert main([*argv, "--out", str(tmp_path / "draft.pbtxt")]) == 1
+    err = capfd.readouterr().err
+    (line,) = err.splitlines()  # nothing else: no traceback, no Beam log
+    expected = f"tailings schema: error: cannot read shard {shard}: truncated: the gzip "
+    assert line.startswith(expected + "stream ends early, after ") and line.endswith(" records")
+    assert not (tmp_path / "draft.pbtxt").exists()

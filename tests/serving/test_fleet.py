@@ -143,10 +143,10 @@ def test_fleet_writes_each_scene_and_a_summary_and_survives_failures(tmp_path):
     )
     for path in good:
         record = by_name[path.stem]
-        assert record.status == OK and record.tailings_pixels > 0
+        assert record.status == OK and record.result.tailings_pixels > 0
         # Each scene's mask is the single-scene prediction's, byte for byte.
         alone = predict_scene(path, PixelModel(), tmp_path / f"{path.stem}.alone.tif", CFG)
-        assert record.tailings_pixels == alone.tailings_pixels
+        assert record.result.tailings_pixels == alone.tailings_pixels
         with (
             rasterio.open(out / f"{path.stem}.mask.tif") as a,
             rasterio.open(tmp_path / f"{path.stem}.alone.tif") as b,
@@ -170,7 +170,7 @@ def test_fleet_writes_each_scene_and_a_summary_and_survives_failures(tmp_path):
     }
     row = next(row for row in rows if row["name"] == "s1")
     record = by_name["s1"]
-    assert int(row["tailings_pixels"]) == record.tailings_pixels
+    assert int(row["tailings_pixels"]) == record.result.tailings_pixels
     assert float(row["tailings_ha"]) == pytest.approx(record.tailings_ha, abs=1e-4)
     share = 100 * record.tailings_ha / record.valid_ha
     assert float(row["tailings_share_pct"]) == pytest.approx(share, abs=1e-4)
@@ -194,6 +194,20 @@ def test_fleet_writes_each_scene_and_a_summary_and_survives_failures(tmp_path):
     assert said[0].startswith("[1/4] ") and "ETA " in said[0]
     assert "FAILED: " in next(line for line in said if "cut:" in line)
     assert said[-1].startswith("[4/4] ") and "ETA" not in said[-1]
+
+
+def test_a_record_is_its_scene_result_plus_the_fleet_fields_and_survives_json(tmp_path):
+    """What `predict_scene` returns is kept whole, also through the JSON the Beam path uses."""
+    path = _scene(tmp_path / "s.tif")
+    ((job, info),) = plan_fleet(name_scenes([path]), CFG, False, Lines()).ready
+    result = predict_scene(path, PixelModel(), tmp_path / "s.mask.tif", CFG)
+    record = FleetRecord.described(job, info).succeed(result)
+    assert record.result is result and record.tailings_ha == result.tailings_ha
+    back = FleetRecord.from_json(record.to_json())
+    assert back == record and back.result == result
+    failed = FleetRecord.from_json(FleetRecord.described(job, info).fail("x: broken").to_json())
+    assert failed.result is None and failed.properties()["tailings_ha"] == ""
+    assert failed.crs == "EPSG:4326" and (failed.width, failed.height) == (110, 90)
 
 
 def test_a_stopped_fleet_leaves_a_summary_of_what_it_did(tmp_path):
