@@ -1,4 +1,7 @@
-"""Servers and clients for the serving tests: real HTTP on 127.0.0.1, real pushed models."""
+"""Servers and clients for the serving tests: real HTTP on 127.0.0.1, real pushed models.
+
+The served model, the server and the reference model are read-only and shared by the whole
+session: each module that started its own server loaded the model again (seconds each)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def write_models_config(path: Path, name: str, base_path: Path, extra: str = "")
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pushed(pipeline_run):
     """(PipelineConfig, version 1 folder) of the session's real pipeline run; read-only."""
     cfg, summary = pipeline_run
@@ -45,7 +48,7 @@ def pushed(pipeline_run):
     return cfg, cfg.push_dir / "1"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(pushed, tmp_path_factory):
     """The embedded server on a free port, serving the pushed model with a `stable` label."""
     cfg, _ = pushed
@@ -76,7 +79,7 @@ def http():
         yield session
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(pushed):
     """The pushed model loaded straight with TensorFlow: what every REST and gRPC answer must
     match."""
@@ -86,7 +89,7 @@ def reference(pushed):
     return tf.saved_model.load(str(version_dir))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def converter_example(tmp_path_factory) -> bytes:
     """A full tf.Example as `tailings convert` writes it (labels and metadata included, so
     `transform_features` finds the mask)."""

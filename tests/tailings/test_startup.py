@@ -16,7 +16,7 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from tests.conftest import PROJECT_ROOT
-from tests.fixtures.geotiffs import scene, write_geotiff
+from tests.fixtures.geotiffs import make_pairs, scene, write_geotiff
 from tests.pipeline.test_metadata import StoreBuilder
 from tests.pipeline.test_runs import FULL_RUN
 
@@ -197,6 +197,17 @@ def test_a_bad_input_path_is_refused_before_heavy_imports(tmp_path, argv):
     assert rc == 1
     assert heavy == []
     assert not (tmp_path / "out").exists()  # nothing written for a job that cannot start
+
+
+def test_convert_refuses_an_unknown_beam_option_with_beams_import_only(tmp_path):
+    img, msk = make_pairs(tmp_path, 1, size=(16, 16))
+    argv = ["convert", "--images", str(img), "--masks", str(msk), "--output", str(tmp_path / "o")]
+
+    rc, heavy = _heavy_modules_after([*argv, "--", "--runer=PortableRunner"])
+
+    assert rc == 1
+    assert heavy == ["apache_beam"]  # its options classes; TensorFlow and the job never start
+    assert not (tmp_path / "o").exists()
 
 
 def test_tensorflow_start_up_noise_does_not_reach_the_user(tmp_path):
