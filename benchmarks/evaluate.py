@@ -11,6 +11,9 @@ slices, bootstrap intervals) on each model and split, and writes one table.
 
 Models: any SavedModel the pipeline's Trainer exports (pushed version folders included).
 Examples: an ExampleGen `examples` artifact folder (`Split-eval/`, `Split-scene/`).
+Labels (`--labels site,own`): each split is scored against the site labels (`site`, the
+pipeline's default) and/or each tile's own mask (`own`, shown as `<split>-own`; scene windows
+hold their site's union in both masks, so `scene-own` equals `scene`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR", help="repeatable")
     p.add_argument("--splits", default=",".join(SPLITS), help="default: %(default)s")
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    p.add_argument("--labels", default="site", help="site, own or site,own (default: %(default)s)")
     args = p.parse_args(argv)
     models = {}
     for item in args.model:
@@ -54,21 +58,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         models[name] = Path(folder)
     args.models = models
     args.splits = [s for s in args.splits.split(",") if s]
+    args.labels = [x for x in args.labels.split(",") if x]
+    if not args.labels or set(args.labels) - {"site", "own"}:
+        p.error(f"--labels: site, own or both, got {args.labels}")
     for split in args.splits:
         if not list((args.examples / f"Split-{split}").glob("*")):
             p.error(f"{args.examples}/Split-{split}: no example files")
     return args
 
 
-def evaluate(model_dir: Path, files: str, split: str):
-    """TFMA with the pipeline's eval config (no gate: nothing to bless here)."""
+def evaluate(model_dir: Path, files: str, split: str, labels: str = "site"):
+    """TFMA with the pipeline's eval config (no gate: nothing to bless here), scoring the
+    `labels` masks (`TrainConfig.labels`)."""
     import tensorflow_model_analysis as tfma
 
     from pipeline.config import PipelineConfig
     from pipeline.evaluation import load_evaluation
     from pipeline.pipeline import eval_config
 
-    config = eval_config(PipelineConfig(), gate=False)
+    config = eval_config(PipelineConfig(overrides=(f"train.labels={labels}",)), gate=False)
     model = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=config)
     with tempfile.TemporaryDirectory() as out:
         tfma.run_model_analysis(
@@ -86,11 +94,12 @@ def main(argv: list[str]) -> int:
     results: dict = {"models": {}, "examples": str(args.examples)}
     for name, folder in args.models.items():
         results["models"][name] = {"path": str(folder)}
-        for split in args.splits:
+        for split, labels in ((s, x) for s in args.splits for x in args.labels):
             start = time.monotonic()
-            e = evaluate(folder, str(args.examples / f"Split-{split}" / "*"), split)
+            e = evaluate(folder, str(args.examples / f"Split-{split}" / "*"), split, labels)
             seconds = time.monotonic() - start
-            results["models"][name][split] = {
+            shown = split if labels == "site" else f"{split}-own"
+            results["models"][name][shown] = {
                 "seconds": round(seconds, 1),
                 "examples": len(e.tiles),
                 "metrics": {
@@ -99,10 +108,11 @@ def main(argv: list[str]) -> int:
                 },
                 "worst": [row.__dict__ for row in e.tiles[:5]],
             }
-            print(f"{name} {split}: iou {e.metrics['iou']} ({seconds:.0f} s)", file=sys.stderr)
-    results["spread"] = spread(results["models"], args.splits)
+            print(f"{name} {shown}: iou {e.metrics['iou']} ({seconds:.0f} s)", file=sys.stderr)
+    shown_splits = [s if x == "site" else f"{s}-own" for s in args.splits for x in args.labels]
+    results["spread"] = spread(results["models"], shown_splits)
     results["machine"] = {"python": platform.python_version(), "node": platform.node()}
-    table = markdown(results, args.splits)
+    table = markdown(results, shown_splits)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

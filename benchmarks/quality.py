@@ -39,7 +39,7 @@ import numpy as np
 from _env import DEFAULT_DATA, RESULTS  # sets the environment first
 
 from components import cross_validation
-from components.cross_validation import Split, fold_of, load_splits, scene_windows, subset
+from components.cross_validation import Split, folds_of, load_splits, scene_windows, subset
 from schemas.features import MASK_NODATA
 
 DEFAULT_OUT = RESULTS / "quality.json"
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     own = config.model.test_time_augmentation  # what the exported model would serve
     if args.only != "eval":
-        folds = np.array([fold_of(i, args.folds) for i in train.ids])
+        folds = folds_of(train, args.folds)
         out_of_fold: dict[str, np.ndarray] = {}
         scene_probabilities, scene_masks = [], []
         result["folds"] = []

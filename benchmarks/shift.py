@@ -514,14 +514,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from quality import load
 
-    from components.cross_validation import scene_plan
+    from components.cross_validation import mosaic_plan
     from data.scenes import cut_windows
 
     _, evaluation = load(args.data)
     if not evaluation.ids:
         print(f"{args.data}: no eval pairs", file=sys.stderr)
         return 2
-    mosaics, tiles = scene_plan(evaluation)
+    mosaics, tiles = mosaic_plan(evaluation)
     windows = [window for mosaic in mosaics for window in cut_windows(mosaic, tiles)]
     print(f"{len(evaluation.ids)} eval tiles, {len(windows)} scene windows")
     size = evaluation.images.shape[1]

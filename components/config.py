@@ -22,6 +22,10 @@ LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MosaicMode = Literal["none", "grid", "random"]
 MOSAIC_MODES: tuple[str, ...] = ("none", "grid", "random")
+# The training label: "site", the union of the masks of the tile's site on its grid
+# (`data.sites`); "own", the tile's own mask, as the study trained (to reproduce it).
+Labels = Literal["site", "own"]
+LABELS: tuple[str, ...] = ("site", "own")
 TestTimeAugmentation = Literal["none", "flips", "d4"]
 TEST_TIME_AUGMENTATIONS: tuple[str, ...] = ("none", "flips", "d4")
 ENCODERS: tuple[str, ...] = ("unet", "mobilenet_v2", "efficientnet_lite0")
@@ -193,6 +197,11 @@ class TrainConfig:
     cache: bool = True  # keep parsed examples in memory (90 tiles of 448^2 are ~300 MB)
     seed: int = 42
     max_figures: int = 32  # eval examples drawn as RGB | truth | prediction figures
+    # What the network learns and the Evaluators score: "site" (the union of the tile's site's
+    # masks: a pond one tile labels is tailings in every tile that shows it) or "own" (each
+    # tile's own mask, the study's labels; one pond is then tailings in one tile and
+    # background 50 px away in the next). The scene split scores site labels either way.
+    labels: Labels = "site"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "shuffle_buffer", "recalibration_batches"):
@@ -222,6 +231,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.max_figures < 0:
             raise ValueError(f"max_figures must be >= 0, got {self.max_figures}")
+        if self.labels not in LABELS:
+            raise ValueError(f"labels must be one of {LABELS}, got {self.labels!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,20 +36,23 @@ class Split:
 
 def load_pairs(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[list, list]:
     """The pairs under `data/img` and `data/mask` that conversion would accept (same
-    validation), and the rejected ones (`data.pairs.Rejection`; excluded pairs among them,
-    with reason `excluded_by_review`, unread)."""
+    validation), with their sites and site labels as conversion writes them (`data.sites`),
+    and the rejected ones (`data.pairs.Rejection`; excluded pairs among them, with reason
+    `excluded_by_review`, unread)."""
     from data.config import PairingConfig, ValidationConfig
     from data.pairs import GeoPair, discover_pairs, excluded_by_review, validate
+    from data.sites import attach_sites, plan_sites
 
     excluded = excluded or {}
     good, rejected = [], []
-    for spec in discover_pairs(data / "img", data / "mask", PairingConfig()):
+    specs = discover_pairs(data / "img", data / "mask", PairingConfig())
+    for spec in specs:
         if spec.pair_id in excluded:
             rejected.append(excluded_by_review(spec, excluded[spec.pair_id]))
             continue
         pair = validate(spec, ValidationConfig())
         (good if isinstance(pair, GeoPair) else rejected).append(pair)
-    return good, rejected
+    return attach_sites(good, plan_sites(specs).site_of), rejected
 
 
 def load_splits(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[Split, Split]:
@@ -58,8 +61,10 @@ def load_splits(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[
     from data.convert import ShardPlan
 
     split = SplitConfig()  # what PipelineConfig.split defaults to
-    plan = ShardPlan(shards=split.shards, splits=split.splits)
     good, rejected = load_pairs(data, excluded)
+    plan = ShardPlan(
+        shards=split.shards, splits=split.splits, sites={p.pair_id: p.site for p in good}
+    )
     for pair in rejected:
         print(f"skipped {pair.pair_id}: {pair.reason} ({pair.detail})")
     parts: dict[str, list] = {"train": [], "eval": []}
@@ -68,11 +73,15 @@ def load_splits(data: Path, excluded: Mapping[str, str] | None = None) -> tuple[
     return stack(parts["train"]), stack(parts["eval"])
 
 
-def stack(pairs: Sequence) -> Split:
+def stack(pairs: Sequence, labels: str = "site") -> Split:
+    """Pairs as arrays; the masks are their site labels ("site") or their own ("own"), as
+    `TrainConfig.labels` chooses."""
     return Split(
         [p.pair_id for p in pairs],
         np.stack([p.image for p in pairs]).astype(np.float32),
-        np.stack([p.mask for p in pairs])[..., None].astype(np.float32),
+        np.stack([p.site_label if labels == "site" else p.mask for p in pairs])[..., None].astype(
+            np.float32
+        ),
         list(pairs),
     )
 
@@ -86,9 +95,9 @@ def subset(split: Split, keep: np.ndarray) -> Split:
     )
 
 
-def scene_plan(split: Split) -> tuple[list, dict]:
-    """The mosaics ExampleGen would lay out from `split`'s tiles as the scene split
-    (`data.scenes.plan_mosaics`), and the tiles (GeoPairs) by pair id."""
+def mosaic_plan(split: Split) -> tuple[list, dict]:
+    """Mosaics of `split`'s tiles side by side (`data.scenes.plan_mosaics`; the framing
+    `benchmarks/shift.py` measures window placement on), and the tiles by pair id."""
     from data.config import SceneConfig
     from data.scenes import plan_mosaics
 
@@ -98,11 +107,22 @@ def scene_plan(split: Split) -> tuple[list, dict]:
 
 def scene_windows(split: Split) -> Split:
     """The scene construction of `split`'s tiles, as ExampleGen builds the scene split from
-    the eval pairs (`data.scenes`): mosaics of unrelated tiles cut on a shifted grid."""
-    from data.scenes import cut_windows
+    the eval sites (`data.scenes`): each site merged into one place, its union as the label,
+    cut on a shifted grid."""
+    from data.config import SceneConfig
+    from data.scenes import plan_site_scenes
+    from data.scenes import scene_windows as site_windows
 
-    mosaics, tiles = scene_plan(split)
-    return stack([window for mosaic in mosaics for window in cut_windows(mosaic, tiles)])
+    by_site: dict[str, list] = {}
+    for pair in split.pairs:
+        by_site.setdefault(pair.site, []).append(pair)
+    size = split.images.shape[1]
+    plan = plan_site_scenes(
+        {site: [p.pair_id for p in tiles] for site, tiles in by_site.items()}, size, SceneConfig()
+    )
+    return stack(
+        [window for scene in plan for window in site_windows(scene, by_site[scene.site_id], size)]
+    )
 
 
 def pixel_scores(probabilities: np.ndarray, masks: np.ndarray, threshold: float) -> dict:
@@ -123,10 +143,25 @@ def pixel_scores(probabilities: np.ndarray, masks: np.ndarray, threshold: float)
     }
 
 
-def fold_of(pair_id: str, folds: int) -> int:
-    """Fold by a hash of the id (not the id hash the train/eval split used): a pair keeps its
-    fold when others are added or excluded."""
-    return int.from_bytes(hashlib.sha256(f"fold:{pair_id}".encode()).digest()[:8], "big") % folds
+def fold_of(site_id: str, folds: int) -> int:
+    """Fold of a site (`GeoPair.site`; not the hash the train/eval split used): tiles of one
+    site share a fold, so no fold trains on ground another scores, and a site keeps its fold
+    when others are added or excluded."""
+    return int.from_bytes(hashlib.sha256(f"fold:{site_id}".encode()).digest()[:8], "big") % folds
+
+
+def folds_of(split: Split, folds: int) -> np.ndarray:
+    """Each tile's fold, by its site (`fold_of`); tiles without a GeoPair are sites alone."""
+    from data.pairs import SITE_PREFIX, GeoPair
+
+    pairs = split.pairs or [None] * len(split.ids)
+    return np.array(
+        [
+            fold_of(p.site if isinstance(p, GeoPair) else SITE_PREFIX + i, folds)
+            for i, p in zip(split.ids, pairs, strict=True)
+        ],
+        dtype=int,
+    )
 
 
 @dataclasses.dataclass

@@ -3,12 +3,15 @@
 TFX's file-based ExampleGens read one record per input row; a GeoTIFF pair is two files that
 must be validated together, and bad pairs must be reported, not dropped. So this component runs
 `data.convert.convert_pairs` inside TFX's Beam pipeline and publishes two artifacts: standard
-`Examples` (split by a hash of the pair id, readable by every TFX component) and a
-`ConversionReport` (rejected.jsonl + summary.json) so the rejected pairs are tracked in ML
-Metadata next to the data they were left out of. Pairs excluded in the data folder's
-`labels.yaml` (see `data.labels`) are rejected with reason `excluded_by_review`, so they reach
-no split, the scene split included; the file is part of the input fingerprint, so editing it
-invalidates TFX's cache.
+`Examples` (split by a hash of the site id, readable by every TFX component) and a
+`ConversionReport` (rejected.jsonl, summary.json, sites.jsonl) so the rejected pairs and the
+sites are tracked in ML Metadata next to the data. Tiles are grouped into sites (`data.sites`)
+from their headers before any pixel is read; a site's tiles share one split, and each example
+carries its site id and its site label (the union of its site's masks) beside its own mask.
+Pairs excluded in the data folder's `labels.yaml` (see `data.labels`) are rejected with reason
+`excluded_by_review`, so they reach no split (the scene split included) and their masks join
+no site label; the file is part of the input fingerprint, so editing it invalidates TFX's
+cache.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from data import scenes
 from data.config import PairingConfig, SceneConfig, SplitConfig, ValidationConfig
-from data.convert import ConversionError, ShardPlan, convert_pairs, summarize
+from data.convert import (
+    SITES_FILE,
+    ConversionError,
+    ShardPlan,
+    convert_pairs,
+    summarize,
+    with_sites,
+)
 from data.labels import LABELS_FILE, LabelsFileError, labels_path, load_exclusions
 from data.pairs import PairSpec, discover_pairs
 from schemas import features
@@ -44,8 +54,9 @@ SHARD_PATTERN = "Split-{split}/data_tfrecord-{shard:05d}-of-{shards:05d}.gz"
 
 
 class ConversionReport(types.Artifact):
-    """rejected.jsonl (one line per rejected pair, with its reason), summary.json, and
-    scene_layout.json (which eval tile sits where in the scene split's mosaics).
+    """rejected.jsonl (one line per rejected pair, with its reason), summary.json,
+    sites.jsonl (one line per site: its tiles, extent, split and label agreement) and
+    scene_layout.json (the scene split's sites, their tiles and window offsets).
 
     Namespaced: KFP (`tailings compile`) refuses an artifact type name without a dot. ML
     Metadata stores written before the rename hold the old type `ConversionReport`; their runs
@@ -125,10 +136,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             excluded = load_exclusions(input_base, known_ids={s.pair_id for s in specs})
         except LabelsFileError as err:
             raise ConversionError(str(err)) from err
+        plan, sites = with_sites(plan, specs)
         os.makedirs(report.uri, exist_ok=True)
         rejected_path = os.path.join(report.uri, REJECTED_FILE)
+        sites_path = os.path.join(report.uri, SITES_FILE)
         with self._make_beam_pipeline() as p:
-            convert_pairs(p, specs, examples.uri, plan, validation, rejected_path, excluded)
+            convert_pairs(
+                p, specs, examples.uri, plan, validation, rejected_path, excluded, sites_path
+            )
         summary = summarize(
             p.result,
             specs,
@@ -138,6 +153,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             os.path.join(report.uri, SUMMARY_FILE),
             time.monotonic() - start,
             workers=1,
+            sites=sites,
+            sites_path=sites_path,
         )
         empty = [name for name, count in summary.converted_by_split.items() if count == 0]
         if empty:
@@ -147,7 +164,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             )
         scene_cfg = SceneConfig(**json.loads(exec_properties["scene"]))
         layout, windows = self._scene_split(
-            specs, plan, rejected_path, examples.uri, scene_cfg, validation
+            specs, plan, sites_path, examples.uri, scene_cfg, validation
         )
         with open(os.path.join(report.uri, SCENE_LAYOUT_FILE), "w") as fh:
             json.dump(layout, fh, indent=1)
@@ -160,30 +177,33 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             artifact.set_int_custom_property("converted", summary.converted)
             artifact.set_int_custom_property("rejected", summary.rejected)
             artifact.set_int_custom_property("pairs_found", summary.pairs_found)
+            artifact.set_int_custom_property("sites", summary.sites)
 
     def _scene_split(
         self,
         specs: list[PairSpec],
         plan: ShardPlan,
-        rejected_path: str,
+        sites_path: str,
         uri: str,
         cfg: SceneConfig,
         validation: ValidationConfig,
     ) -> tuple[dict, int]:
-        """Write the `scene` split (see `data.scenes`) from the converted source-split pairs;
-        return its layout and number of windows."""
+        """Write the `scene` split (see `data.scenes`) from the converted tiles of the source
+        split's sites; return its layout and number of windows."""
         import rasterio
 
-        with open(rejected_path) as fh:
-            rejected = {json.loads(line)["id"] for line in fh if line.strip()}
-        chosen = [
-            s
-            for s in specs
-            if s.pair_id not in rejected and plan.key(s.pair_id)[0] == cfg.source_split
-        ]
-        with rasterio.open(chosen[0].image) as src:
+        with open(sites_path) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        chosen = {
+            r["site"]: r["converted"]
+            for r in rows
+            if r["converted"] and r["split"] == cfg.source_split
+        }
+        converted = {pid for ids in chosen.values() for pid in ids}
+        first = next(s for s in specs if s.pair_id in converted)
+        with rasterio.open(first.image) as src:
             size = src.height
-        mosaics = scenes.plan_mosaics([s.pair_id for s in chosen], size, cfg)
+        site_scenes = scenes.plan_site_scenes(chosen, size, cfg)
 
         def shard_path(index: int, count: int) -> str:
             return os.path.join(
@@ -191,8 +211,15 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             )
 
         with self._make_beam_pipeline() as p:
-            scenes.write_scene_split(p, mosaics, chosen, shard_path, validation)
-        return scenes.layout(mosaics, size, cfg), scenes.windows_written(p.result)
+            scenes.write_scene_split(
+                p,
+                site_scenes,
+                [s for s in specs if s.pair_id in converted],
+                shard_path,
+                validation,
+                size,
+            )
+        return scenes.layout(site_scenes, size, cfg), scenes.windows_written(p.result)
 
 
 class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):

@@ -34,6 +34,7 @@ from components.transform_lib import (
     PIXEL_STD,
     RAW_INPUT_KEYS,
     SERVING_INPUT_KEYS,
+    label_key,
     normalize,
 )
 from components.unet import (
@@ -171,12 +172,14 @@ def make_dataset(
     repeat: bool = False,
     nodata_image: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """(image_xf, mask_xf) batches from transformed gzip TFRecords; augmented if training."""
-    spec = {key: feature_spec[key] for key in (IMAGE_XF, MASK_XF)}
+    """(image_xf, label) batches from transformed gzip TFRecords; augmented if training. The
+    label is the one `config.labels` names (the site label or the tile's own mask)."""
+    label = label_key(config.labels)
+    spec = {key: feature_spec[key] for key in (IMAGE_XF, label)}
 
     def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         parsed = tf.io.parse_single_example(record, spec)
-        return parsed[IMAGE_XF], parsed[MASK_XF]
+        return parsed[IMAGE_XF], parsed[label]
 
     dataset = _records(patterns).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     return batch_pairs(dataset, config, training, repeat, nodata_image)
@@ -363,8 +366,9 @@ def plot_predictions(
     max_figures: int,
     batch_size: int,
     test_time_augmentation: str = "none",
+    label: str = MASK_XF,
 ) -> list[str]:
-    """One PNG per eval example, as in the study: RGB | ground truth | prediction.
+    """One PNG per eval example, as in the study: RGB | ground truth (`label`) | prediction.
 
     The prediction is the exported model's (same test-time augmentation).
     """
@@ -372,7 +376,7 @@ def plot_predictions(
 
     if max_figures == 0:
         return []
-    keys = (IMAGE_XF, MASK_XF, PIXEL_MEAN, PIXEL_STD, PAIR_ID_XF)
+    keys = (IMAGE_XF, label, PIXEL_MEAN, PIXEL_STD, PAIR_ID_XF)
     spec = {key: feature_spec[key] for key in keys if key in feature_spec}
     dataset = (
         _records(patterns)
@@ -391,7 +395,7 @@ def plot_predictions(
             pair_id = (
                 batch[PAIR_ID_XF][i].numpy().decode() if PAIR_ID_XF in batch else f"{len(paths)}"
             )
-            truth = batch[MASK_XF][i, ..., 0].numpy() > metrics_lib.THRESHOLD
+            truth = batch[label][i, ..., 0].numpy() > metrics_lib.THRESHOLD
             predicted = probabilities[i, ..., 0] > metrics_lib.THRESHOLD
             figure = Figure(figsize=(3 * PANEL_INCHES, PANEL_INCHES))
             panels = (
@@ -635,6 +639,7 @@ def run_fn(fn_args: Any) -> None:
         max_figures=train_config.max_figures,
         batch_size=train_config.batch_size,
         test_time_augmentation=config.model.test_time_augmentation,
+        label=label_key(train_config.labels),
     )
 
     export_serving_model(

@@ -17,13 +17,29 @@ from schemas import features
 
 # Transformed feature names (the Trainer, TFMA and the tests import these).
 IMAGE_XF = "image_xf"  # float32 [S, S, 3], z-scored per band
-MASK_XF = "mask_xf"  # float32 [S, S, 1], 0 background / 1 tailings
+MASK_XF = "mask_xf"  # float32 [S, S, 1], 0 background / 1 tailings: the tile's own mask
+SITE_MASK_XF = "site_mask_xf"  # float32 [S, S, 1]: the site label (`data.sites`)
 PIXEL_MEAN = "pixel_mean"  # float32 [3], dataset per-band mean (same for every example)
 PIXEL_STD = "pixel_std"  # float32 [3], dataset per-band sqrt(var + eps)
 PAIR_ID_XF = features.PAIR_ID  # passed through unchanged, to name figures and slices
+SITE_ID_XF = features.SITE_ID  # passed through unchanged
+# The transformed label of each `TrainConfig.labels` choice.
+LABEL_KEYS = {"own": MASK_XF, "site": SITE_MASK_XF}
+
+
+def label_key(labels: str) -> str:
+    """The transformed feature the Trainer learns and the Evaluators score for `labels`."""
+    return LABEL_KEYS[labels]
+
 
 # Raw features `preprocessing_fn` reads; serving requests need only the image.
-RAW_INPUT_KEYS: tuple[str, ...] = (features.IMAGE, features.MASK, features.PAIR_ID)
+RAW_INPUT_KEYS: tuple[str, ...] = (
+    features.IMAGE,
+    features.MASK,
+    features.SITE_MASK,
+    features.PAIR_ID,
+    features.SITE_ID,
+)
 SERVING_INPUT_KEYS: tuple[str, ...] = (features.IMAGE,)
 
 BANDS = features.EXPECTED_BANDS
@@ -84,6 +100,10 @@ def preprocessing_fn(
     }
     if features.MASK in inputs:
         outputs[MASK_XF] = decode_mask(_to_dense_vector(inputs[features.MASK]), size)
+    if features.SITE_MASK in inputs:
+        outputs[SITE_MASK_XF] = decode_mask(_to_dense_vector(inputs[features.SITE_MASK]), size)
     if features.PAIR_ID in inputs:
         outputs[PAIR_ID_XF] = _to_dense_vector(inputs[features.PAIR_ID])
+    if features.SITE_ID in inputs:
+        outputs[SITE_ID_XF] = _to_dense_vector(inputs[features.SITE_ID])
     return outputs

@@ -152,20 +152,21 @@ class TrialData:
 
     train_files: list[str]
     folds: int
+    labels: str = "site"  # TrainConfig.labels: what the trials learn and are scored on
     _loaded: tuple | None = field(default=None, repr=False)
 
     def load(self) -> tuple[cross_validation.Split, cross_validation.Split, cross_validation.Split]:
         """(tiles to train on, held-out tiles, the held-out tiles' scene windows)."""
         if self._loaded is None:
             pairs = read_pairs(self.train_files)
-            held = np.array([cross_validation.fold_of(p.pair_id, self.folds) == 0 for p in pairs])
+            held = np.array([cross_validation.fold_of(p.site, self.folds) == 0 for p in pairs])
             if not held.any() or held.all():
                 raise ValueError(
                     f"the tuning fold split the {len(pairs)} train pairs into {int(held.sum())} "
                     f"held out and {int((~held).sum())} to train on; both need at least one pair "
                     f"(fewer folds: TuneConfig.folds, now {self.folds})"
                 )
-            split = cross_validation.stack(pairs)
+            split = cross_validation.stack(pairs, self.labels)
             held_out = cross_validation.subset(split, held)
             self._loaded = (
                 cross_validation.subset(split, ~held),
@@ -239,7 +240,7 @@ def tuner_fn(fn_args: Any) -> TunerFnResult:
     return TunerFnResult(
         tuner=tuner,
         fit_kwargs={
-            "data": TrialData(list(fn_args.train_files), tune.folds),
+            "data": TrialData(list(fn_args.train_files), tune.folds, config.train.labels),
             "base": config.to_custom_config(),
             "epochs": tune.epochs,
         },

@@ -59,27 +59,19 @@ class ConversionConfig:
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """How the `scene` split is built from the eval pairs (see `data.scenes`).
-
-    16 tiles a mosaic (4 x 4): on the study's 17 eval pairs that is one 4 x 4 mosaic and one
-    of a single tile, 29 windows in all (25 + 4). The seed fixes the order of the tiles and
-    the offsets.
-    """
+    """How the `scene` split is built from the eval sites (see `data.scenes`): each eval site
+    merged into one place and cut into windows on a grid shifted by an offset the seed fixes."""
 
     seed: int = 2024
-    tiles_per_mosaic: int = 16
     source_split: str = "eval"
     name: str = "scene"
-
-    def __post_init__(self) -> None:
-        if self.tiles_per_mosaic < 1:
-            raise ValueError(f"tiles_per_mosaic must be >= 1, got {self.tiles_per_mosaic}")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Train/eval split by hash of the pair id (deterministic: a pair never changes sides),
-    plus the `scene` split cut from the eval pairs."""
+    """Train/eval split by hash of the site id (`data.sites`; deterministic: a site never
+    changes sides, and no eval tile shares ground with a train tile), plus the `scene` split
+    cut from the eval sites."""
 
     splits: tuple[tuple[str, int], ...] = (("train", 4), ("eval", 1))  # 80/20
     shards: int = 2  # per split

@@ -11,7 +11,7 @@ Spark as well as the local DirectRunner.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import re
 import threading
@@ -32,34 +32,46 @@ from data.examples import to_example
 from data.lock import lock_local_output
 from data.pairs import (
     CONVERSION_FAILED,
+    SITE_PREFIX,
+    GeoPair,
     PairSpec,
     Rejection,
+    _natural_key,
     discover_pairs,
     excluded_by_review,
     validate,
 )
+from data.sites import SITES_FILE, SitePlan, plan_sites, site_agreement, site_digest, site_label
 
 METRICS_NAMESPACE = "tailings.convert"
 CONVERTED = "converted"
 REJECTED = "rejected"
 WRITTEN = "written"
+SITES = "sites"  # tagged output: one record per site with a converted tile
 
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """Where each pair goes: a split by hash of its id, then a shard within the split.
+    """Where each pair goes: a split by hash of its site's id, then a shard within the split.
 
-    Hashing the id (not arrival order) makes the assignment deterministic: the same pairs give
-    byte-identical shards whatever the number of workers, and a pair never changes split when
-    others are added, which keeps train and eval honest across re-runs.
+    By site (`data.sites`), not by pair: tiles of one site show the same ground, so a split by
+    tile would train on pixels it then scores. A shard holds whole sites, so the conversion
+    finds every tile of a site in one place to build its site labels. Hashing the id (not
+    arrival order) makes the assignment deterministic: the same pairs give byte-identical
+    shards whatever the number of workers, and a site never changes split when unrelated pairs
+    are added. A pair missing from `sites` is a site of its own.
     """
 
     shards: int = 4
     splits: tuple[tuple[str, int], ...] = (("", 1),)  # (name, hash buckets); "" = no split
     file_pattern: str = "examples-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+    sites: Mapping[str, str] = field(default_factory=dict)  # pair id -> site id
+
+    def site(self, pair_id: str) -> str:
+        return self.sites.get(pair_id) or SITE_PREFIX + pair_id
 
     def key(self, pair_id: str) -> tuple[str, int]:
-        digest = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:8], "big")
+        digest = site_digest(self.site(pair_id))
         buckets = sum(b for _, b in self.splits)
         bucket, rest = digest % buckets, digest // buckets
         for name, size in self.splits:
@@ -174,36 +186,64 @@ class WriteShardFn(beam.DoFn):
     def process(self, keyed):
         key, specs = keyed
         final = self._plan.path(self._output_dir, key)
-        count = 0
-        with atomic_tfrecord(final) as writer:
-            for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
-                serialized = None
-                if spec.pair_id in self._excluded:
-                    result = excluded_by_review(spec, self._excluded[spec.pair_id])
-                else:
-                    try:
-                        result = validate(spec, self._cfg)
-                        if not isinstance(result, Rejection):
-                            # Deterministic: map order would otherwise differ between processes.
-                            serialized = to_example(result).SerializeToString(deterministic=True)
-                    except Exception as err:  # noqa: BLE001 - one pair must never fail the job
-                        result = Rejection(
-                            spec.pair_id,
-                            spec.image,
-                            spec.mask,
-                            CONVERSION_FAILED,
-                            f"{type(err).__name__}: {_first_line(err)}",
-                        )
+        by_site: dict[str, list[PairSpec]] = {}
+        for spec in sorted((s for s in specs if s is not None), key=lambda s: s.pair_id):
+            by_site.setdefault(self._plan.site(spec.pair_id), []).append(spec)
+        written: dict[str, bytes] = {}
+        # One site at a time: its tiles are in memory together, never the whole shard's.
+        for site_id in sorted(by_site):
+            tiles = []
+            for spec in by_site[site_id]:
+                result = self._validate(spec)
                 if isinstance(result, Rejection):
-                    self._rejected.inc()
-                    Metrics.counter(METRICS_NAMESPACE, f"{REJECTED}.{result.reason}").inc()
-                    yield beam.pvalue.TaggedOutput(REJECTED, result.to_dict())
-                    continue
-                writer.write(serialized)
+                    yield from self._reject(result)
+                else:
+                    tiles.append(result)
+            for tile in tiles:
+                try:
+                    pair = dataclasses.replace(
+                        tile, site_id=site_id, site_mask=site_label(tile, tiles)
+                    )
+                    # Deterministic: map order would otherwise differ between processes.
+                    written[tile.pair_id] = to_example(pair).SerializeToString(deterministic=True)
+                except Exception as err:  # noqa: BLE001 - one pair must never fail the job
+                    spec = next(s for s in by_site[site_id] if s.pair_id == tile.pair_id)
+                    yield from self._reject(_failed(spec, err))
+            if tiles:
+                yield beam.pvalue.TaggedOutput(SITES, self._site_record(site_id, tiles))
+        with atomic_tfrecord(final) as writer:
+            for pair_id in sorted(written):
+                writer.write(written[pair_id])
                 self._converted.inc()
                 Metrics.counter(METRICS_NAMESPACE, f"{CONVERTED}.{key[0]}").inc()
-                count += 1
-        yield {"split": key[0], "path": final, "examples": count}
+        yield {"split": key[0], "path": final, "examples": len(written)}
+
+    def _validate(self, spec: PairSpec) -> GeoPair | Rejection:
+        if spec.pair_id in self._excluded:
+            return excluded_by_review(spec, self._excluded[spec.pair_id])
+        try:
+            return validate(spec, self._cfg)
+        except Exception as err:  # noqa: BLE001 - one pair must never fail the job
+            return _failed(spec, err)
+
+    def _reject(self, rejection: Rejection):
+        self._rejected.inc()
+        Metrics.counter(METRICS_NAMESPACE, f"{REJECTED}.{rejection.reason}").inc()
+        yield beam.pvalue.TaggedOutput(REJECTED, rejection.to_dict())
+
+    @staticmethod
+    def _site_record(site_id: str, tiles: Sequence[GeoPair]) -> dict:
+        record: dict = {"site": site_id, "converted": sorted(t.pair_id for t in tiles)}
+        try:
+            record.update(site_agreement(tiles))
+        except Exception as err:  # noqa: BLE001 - a report figure must not fail the job
+            record["agreement_error"] = f"{type(err).__name__}: {_first_line(err)}"
+        return record
+
+
+def _failed(spec: PairSpec, err: BaseException) -> Rejection:
+    """`conversion_failed` for anything one pair raised while it was converted."""
+    return Rejection.of(spec, CONVERSION_FAILED, f"{type(err).__name__}: {_first_line(err)}")
 
 
 def _first_line(err: BaseException) -> str:
@@ -244,7 +284,7 @@ class ConvertPairs(beam.PTransform):
             | "Validate, encode, write"
             >> beam.ParDo(
                 WriteShardFn(self._cfg, plan, self._output_dir, self._excluded)
-            ).with_outputs(REJECTED, main=WRITTEN)
+            ).with_outputs(REJECTED, SITES, main=WRITTEN)
         )
 
 
@@ -261,15 +301,22 @@ class ConversionSummary:
     workers: int
     shards: list[str] = field(default_factory=list)
     converted_by_split: dict[str, int] = field(default_factory=dict)
+    # Sites (`data.sites`) with at least one converted tile, in all and by split.
+    sites: int = 0
+    sites_by_split: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     def one_line(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_reason.items()))
-        splits = ", ".join(f"{k} {v}" for k, v in self.converted_by_split.items() if k)
+        splits = ", ".join(
+            f"{k} {v} of {self.sites_by_split.get(k, 0)} sites"
+            for k, v in self.converted_by_split.items()
+            if k
+        )
         return (
-            f"converted {self.converted} of {self.pairs_found} pairs"
+            f"converted {self.converted} of {self.pairs_found} pairs of {self.sites} sites"
             + (f" ({splits})" if splits else "")
             + f", rejected {self.rejected}"
             + (f" ({reasons})" if reasons else "")
@@ -304,12 +351,15 @@ def convert_pairs(
     validation: ValidationConfig,
     rejected_path: str,
     excluded: Mapping[str, str] | None = None,
+    sites_path: str | None = None,
 ) -> None:
-    """Add the conversion to a pipeline: shards under `output_dir`, rejections as JSON lines.
+    """Add the conversion to a pipeline: shards under `output_dir`, rejections as JSON lines,
+    one JSON line per site with a converted tile at `sites_path` (default: beside
+    `rejected_path`; `summarize` completes it).
 
     Shared by `tailings convert` and the pipeline's ExampleGen, which brings its own pipeline.
-    `excluded` (pair id -> reason, see `data.labels.load_exclusions`) names pairs to reject
-    unread.
+    `plan` must carry the sites (`with_sites`). `excluded` (pair id -> reason, see
+    `data.labels.load_exclusions`) names pairs to reject unread.
     """
     outputs = (
         p
@@ -322,6 +372,24 @@ def convert_pairs(
         | "Write rejected"
         >> beam.io.WriteToText(rejected_path, shard_name_template="", num_shards=1)
     )
+    _ = (
+        outputs[SITES]
+        | "Sites to JSON" >> beam.Map(json.dumps, sort_keys=True)
+        | "Write sites"
+        >> beam.io.WriteToText(
+            sites_path or sites_file_beside(rejected_path), shard_name_template="", num_shards=1
+        )
+    )
+
+
+def sites_file_beside(rejected_path: str) -> str:
+    return FileSystems.join(rejected_path.rsplit("/", 1)[0], SITES_FILE)
+
+
+def with_sites(plan: ShardPlan, specs: Sequence[PairSpec]) -> tuple[ShardPlan, SitePlan]:
+    """`plan` with the sites of `specs` (`data.sites.plan_sites`: headers only)."""
+    sites = plan_sites(specs)
+    return dataclasses.replace(plan, sites=dict(sites.site_of)), sites
 
 
 def summarize(
@@ -333,8 +401,12 @@ def summarize(
     summary_path: str,
     seconds: float,
     workers: int,
+    sites: SitePlan | None = None,
+    sites_path: str | None = None,
 ) -> ConversionSummary:
-    """Counts from Beam metrics, rejections and the shard files; written as summary.json."""
+    """Counts from Beam metrics, rejections and the shard files; written as summary.json.
+    The sites file (`convert_pairs`) is completed with every site of `sites` (those without
+    a converted tile too), its split, tiles and extent, sorted by site."""
     counters = {
         c.key.metric.name: c.committed
         for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
@@ -342,6 +414,8 @@ def summarize(
         ]
     }
     rejected_rows = _sort_rejected(rejected_path)
+    site_rows = _complete_sites(sites_path or sites_file_beside(rejected_path), sites, plan)
+    converted_sites = [r for r in site_rows if r.get("converted")]
     paths = [plan.path(output_dir, key) for key in plan.all_keys()]
     shards = [m for r in FileSystems.match(paths) for m in r.metadata_list]
     by_reason: dict[str, int] = {}
@@ -358,6 +432,10 @@ def summarize(
         shards=[m.path[len(output_dir) :].lstrip("/") for m in shards],
         converted_by_split={
             name: int(counters.get(f"{CONVERTED}.{name}", 0)) for name, _ in plan.splits
+        },
+        sites=len(converted_sites),
+        sites_by_split={
+            name: sum(1 for r in converted_sites if r["split"] == name) for name, _ in plan.splits
         },
     )
     with FileSystems.create(summary_path) as fh:
@@ -388,8 +466,13 @@ def run_conversion(
         )
     # One job per output folder: a second `tailings convert` (or run) into it stops here.
     with lock_local_output(output_dir, "convert", say):
-        say(f"found {len(specs)} candidate pairs; converting with {cfg.workers} worker(s)")
-        plan = ShardPlan(shards=cfg.shards, file_pattern=cfg.examples_pattern)
+        plan, sites = with_sites(
+            ShardPlan(shards=cfg.shards, file_pattern=cfg.examples_pattern), specs
+        )
+        say(
+            f"found {len(specs)} candidate pairs in {len(sites.sites)} sites; "
+            f"converting with {cfg.workers} worker(s)"
+        )
         if not FileSystems.exists(output_dir):
             FileSystems.mkdirs(output_dir)
         _remove_old_outputs(output_dir, cfg)
@@ -417,6 +500,7 @@ def run_conversion(
             FileSystems.join(output_dir, cfg.summary_file),
             time.monotonic() - start,
             cfg.workers,
+            sites=sites,
         )
 
 
@@ -428,6 +512,26 @@ def _remove_old_outputs(output_dir: str, cfg: ConversionConfig) -> None:
     ]
     if old:
         FileSystems.delete(old)
+
+
+def _complete_sites(path: str, sites: SitePlan | None, plan: ShardPlan) -> list[dict]:
+    """The per-site records Beam wrote, joined with the site plan; rewritten sorted."""
+    rows = {}
+    if FileSystems.exists(path):
+        with FileSystems.open(path) as fh:
+            for line in fh.read().decode().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    rows[row["site"]] = row
+    for site in sites.sites if sites else ():
+        row = rows.setdefault(site.site_id, {"site": site.site_id, "converted": []})
+        row.update({"tiles": list(site.pair_ids), "bounds": list(site.bounds)})
+    for row in rows.values():
+        row["split"] = plan.key(row["tiles"][0] if row.get("tiles") else row["converted"][0])[0]
+    ordered = [rows[k] for k in sorted(rows, key=lambda k: _natural_key(k))]
+    with FileSystems.create(path) as fh:
+        fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
+    return ordered
 
 
 def _sort_rejected(path: str) -> list[dict]:

@@ -65,6 +65,8 @@ def to_example(pair: GeoPair):
         F.PAIR_ID: b([pair.pair_id.encode()]),
         F.IMAGE: b([pair.image.astype(F.IMAGE_DTYPE, copy=False).tobytes()]),
         F.MASK: b([pair.mask.astype(F.MASK_DTYPE, copy=False).tobytes()]),
+        F.SITE_ID: b([pair.site.encode()]),
+        F.SITE_MASK: b([pair.site_label.astype(F.MASK_DTYPE, copy=False).tobytes()]),
         F.HEIGHT: i([height]),
         F.WIDTH: i([width]),
         F.BANDS: i([bands]),
@@ -96,6 +98,11 @@ def decode_pair(serialized: bytes) -> GeoPair:
 
     ex = tf.train.Example.FromString(serialized).features.feature
     pair_id, image, mask = _arrays(ex)
+    height, width = mask.shape
+    site_mask = None
+    if F.SITE_MASK in ex:  # examples written before sites have none: the own mask stands in
+        raw = np.frombuffer(ex[F.SITE_MASK].bytes_list.value[0], dtype=F.MASK_DTYPE)
+        site_mask = raw.reshape(height, width)
     return GeoPair(
         pair_id=pair_id,
         image=image,
@@ -104,6 +111,8 @@ def decode_pair(serialized: bytes) -> GeoPair:
         crs_wkt=ex[F.CRS_WKT].bytes_list.value[0].decode(),
         epsg=int(ex[F.EPSG].int64_list.value[0]),
         transform=tuple(float(v) for v in ex[F.TRANSFORM].float_list.value),
+        site_id=ex[F.SITE_ID].bytes_list.value[0].decode() if F.SITE_ID in ex else "",
+        site_mask=site_mask,
     )
 
 

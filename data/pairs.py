@@ -34,6 +34,8 @@ BROKEN_LINK = "broken_link"  # a symbolic link that resolves to nothing (danglin
 TOO_LARGE = "too_large"  # the header claims more pixels than ValidationConfig.max_pixels
 TILE_SIZE = "tile_size"  # not the tile size the pipeline trains on
 CONVERSION_FAILED = "conversion_failed"  # anything else one pair raised while converting
+# A site's id: this prefix and the first of its pair ids (`data.sites`).
+SITE_PREFIX = "site-"
 # Not a file problem: a person excluded the pair in labels.yaml (see `data.labels`).
 EXCLUDED_BY_REVIEW = "excluded_by_review"
 
@@ -59,6 +61,10 @@ class Rejection:
     reason: str
     detail: str
 
+    @classmethod
+    def of(cls, spec: PairSpec, reason: str, detail: str) -> Rejection:
+        return cls(spec.pair_id, spec.image, spec.mask, reason, detail)
+
     def to_dict(self) -> dict[str, str | None]:
         return {
             "id": self.pair_id,
@@ -80,6 +86,18 @@ class GeoPair:
     crs_wkt: str
     epsg: int
     transform: tuple[float, float, float, float, float, float]
+    # The place it shows (`data.sites`) and its site label (the union of the site's masks on
+    # this grid); unset until the pair's site is known: then it is a site of its own.
+    site_id: str = ""
+    site_mask: np.ndarray | None = None
+
+    @property
+    def site(self) -> str:
+        return self.site_id or SITE_PREFIX + self.pair_id
+
+    @property
+    def site_label(self) -> np.ndarray:
+        return self.mask if self.site_mask is None else self.site_mask
 
 
 class PairError(Exception):
@@ -270,13 +288,7 @@ def load_pair(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> Geo
 
 def excluded_by_review(spec: PairSpec, reason: str) -> Rejection:
     """The rejection of a pair a person excluded in labels.yaml (`data.labels`); not read."""
-    return Rejection(
-        spec.pair_id,
-        spec.image,
-        spec.mask,
-        EXCLUDED_BY_REVIEW,
-        f"excluded by review in labels.yaml: {reason}",
-    )
+    return Rejection.of(spec, EXCLUDED_BY_REVIEW, f"excluded by review in labels.yaml: {reason}")
 
 
 def validate(spec: PairSpec, cfg: ValidationConfig = ValidationConfig()) -> GeoPair | Rejection:

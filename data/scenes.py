@@ -1,32 +1,41 @@
-"""The `scene` split: eval tiles mosaicked together and cut into windows that never line up.
+"""The `scene` split: each eval site merged into one real place, cut into windows that never
+line up with its tiles.
 
 The study's tiles are centred on a facility, so a model scored on whole tiles can score well by
 marking the middle of the tile, and fail on a real scene, where `tailings predict` cuts windows
-wherever the scene's grid puts them. The scene split measures that use without new labels:
+wherever the scene's grid puts them. And tiles are not places: tiles of one site overlap, and
+each marks only its own facility. The scene split scores what a user gets on a real place:
 
-1. The eval pairs are ordered by a hash of (`SceneConfig.seed`, pair id) and taken
-   `tiles_per_mosaic` at a time (the last mosaic may hold fewer).
-2. Each group is laid out row by row on a grid of ceil(sqrt(n)) columns; grid cells without a
-   tile are no data (image 0, mask `MASK_NODATA`), as at the edge of a real scene.
-3. The mosaic is cut into tile-sized windows on a grid shifted by an offset (oy, ox) drawn per
-   mosaic from `numpy.random.default_rng([seed, mosaic])` in [size/8, 7 size/8): no window
-   edge ever falls on a tile edge, and the windows cover every pixel of every tile (the first
-   row and column of windows start before the mosaic, the last ones end after it). So a
-   facility appears whole, cut by a window edge, off-centre, several per window, or not at all.
-   Windows with no valid pixel are dropped.
+1. Every eval site (`data.sites`: tiles whose footprints intersect) with a converted tile is
+   merged onto one grid (`data.sites.merge_site`): its pixels, its label the union of its
+   tiles' masks, no data (image 0, mask `MASK_NODATA`) where no tile lies. No seams between
+   unrelated places: a scene is one place.
+2. It is cut into tile-sized windows on a grid shifted by an offset (oy, ox) drawn from
+   `numpy.random.default_rng([seed, hash(site id)])` in [size/8, 7 size/8): window edges fall
+   off the tiles' edges, the windows cover every pixel of the site (the first row and column
+   start before it, the last end after it), so a facility appears whole, cut by a window edge,
+   off-centre, several per window, or not at all. Windows with no valid pixel are dropped.
 
 Each window is a `tf.Example` with every feature of `schemas.features` (statistics over its
-valid pixels); its georeference is that of the tile covering most of it, shifted to the
-window's origin, so per-pixel areas come out right. Its pair id names the mosaic and window,
-and `layout()` records which tile sits where (the ExampleGen writes it to `scene_layout.json`).
-Everything depends only on the eval pair ids and the seed: the same data gives the same split.
+valid pixels, its site id for TFMA's slicing by site, both masks the site's union); its
+georeference is the site grid's moved to the window's origin. Its pair id is
+`<site id>_y<row>_x<col>` (the window's origin on the site grid, may be < 0), and `layout()`
+records every site's tiles and offset (the ExampleGen writes it to `scene_layout.json`).
+Everything depends only on the eval sites' tiles and the seed: the same data gives the same
+split, and a site's windows do not depend on the other sites.
+
+The tile mosaic this split used before (eval tiles of unrelated places laid side by side, each
+scored with its own mask) is gone from the pipeline: it manufactured seams between places and
+scored correct finds in a neighbour's facility as false positives. `plan_mosaics` and
+`cut_windows` stay for `benchmarks/shift.py`, which measures window placement alone on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -36,7 +45,8 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from data.config import SceneConfig, ValidationConfig
 from data.convert import atomic_tfrecord
 from data.examples import to_example
-from data.pairs import GeoPair, PairSpec, Rejection, validate
+from data.pairs import GeoPair, PairSpec, Rejection, _natural_key, validate
+from data.sites import cut_site_windows, merge_site, shifted, window_offset
 from schemas import features as F
 
 
@@ -81,13 +91,18 @@ def _order_key(seed: int, pair_id: str) -> bytes:
     return hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()
 
 
-def plan_mosaics(pair_ids: Sequence[str], tile_size: int, cfg: SceneConfig) -> list[Mosaic]:
-    """The mosaics of a set of eval pair ids: deterministic in the ids and `cfg.seed`."""
+def plan_mosaics(
+    pair_ids: Sequence[str], tile_size: int, cfg: SceneConfig, tiles_per_mosaic: int = 16
+) -> list[Mosaic]:
+    """Mosaics of tiles of unrelated places (`benchmarks/shift.py`'s framing, no longer the
+    scene split): deterministic in the ids and `cfg.seed`."""
+    if tiles_per_mosaic < 1:
+        raise ValueError(f"tiles_per_mosaic must be >= 1, got {tiles_per_mosaic}")
     ordered = sorted(set(pair_ids), key=lambda pid: _order_key(cfg.seed, pid))
     low, high = tile_size // 8, tile_size - tile_size // 8
     mosaics = []
-    for index, start in enumerate(range(0, len(ordered), cfg.tiles_per_mosaic)):
-        group = tuple(ordered[start : start + cfg.tiles_per_mosaic])
+    for index, start in enumerate(range(0, len(ordered), tiles_per_mosaic)):
+        group = tuple(ordered[start : start + tiles_per_mosaic])
         rng = np.random.default_rng([cfg.seed, index])
         offset = (int(rng.integers(low, high)), int(rng.integers(low, high)))
         mosaics.append(Mosaic(index, group, cols=math.ceil(math.sqrt(len(group))), offset=offset))
@@ -145,48 +160,75 @@ def cut_windows(mosaic: Mosaic, tiles: dict[str, GeoPair]) -> Iterator[GeoPair]:
         )
 
 
-def shifted(transform: Sequence[float], rows: int, cols: int) -> tuple[float, ...]:
-    """An affine (a, b, c, d, e, f) moved so that pixel (rows, cols) becomes the origin."""
-    a, b, c, d, e, f = transform
-    return (a, b, c + a * cols + b * rows, d, e, f + d * cols + e * rows)
+@dataclass(frozen=True)
+class SiteScene:
+    """One eval site of the scene split: its converted tiles and its window offset."""
+
+    site_id: str
+    pair_ids: tuple[str, ...]
+    offset: tuple[int, int]  # (oy, ox): windows start at -oy + k * size, -ox + k * size
+
+    def to_dict(self) -> dict:
+        return {"site": self.site_id, "tiles": list(self.pair_ids), "offset": list(self.offset)}
 
 
-def layout(mosaics: Sequence[Mosaic], tile_size: int, cfg: SceneConfig) -> dict:
-    """What `scene_layout.json` records: the construction's parameters and every mosaic."""
+def plan_site_scenes(
+    tiles_by_site: Mapping[str, Sequence[str]], tile_size: int, cfg: SceneConfig
+) -> list[SiteScene]:
+    """The scene split's sites (site id -> its converted eval tiles), in site order."""
+    return [
+        SiteScene(
+            site, tuple(sorted(ids, key=_natural_key)), window_offset(site, cfg.seed, tile_size)
+        )
+        for site, ids in sorted(tiles_by_site.items(), key=lambda kv: _natural_key(kv[0]))
+        if ids
+    ]
+
+
+def scene_windows(scene: SiteScene, tiles: Sequence[GeoPair], size: int) -> Iterator[GeoPair]:
+    """Every window of one site scene (`data.sites.cut_site_windows`), with its site id."""
+    merged = merge_site(scene.site_id, tiles)
+    for window, site_id in cut_site_windows(merged, size, scene.offset):
+        yield dataclasses.replace(window, site_id=site_id, site_mask=window.mask)
+
+
+def layout(scenes: Sequence[SiteScene], tile_size: int, cfg: SceneConfig) -> dict:
+    """What `scene_layout.json` records: the construction's parameters and every site."""
     return {
         "seed": cfg.seed,
-        "tiles_per_mosaic": cfg.tiles_per_mosaic,
         "tile_size": tile_size,
         "mask_nodata": F.MASK_NODATA,
-        "mosaics": [m.to_dict() for m in mosaics],
+        "sites": [s.to_dict() for s in scenes],
     }
 
 
 def write_scene_split(
     p,
-    mosaics: Sequence[Mosaic],
+    scenes: Sequence[SiteScene],
     specs: Sequence[PairSpec],
     shard_path,
     validation: ValidationConfig,
+    tile_size: int,
 ) -> None:
-    """Add the scene split to a Beam pipeline: one GZIP TFRecord shard per mosaic.
+    """Add the scene split to a Beam pipeline: one GZIP TFRecord shard per site.
 
     The tiles are read again from their GeoTIFFs with the conversion's own `validate` (the same
-    pixels the eval examples hold); each mosaic is one element, so mosaics are built in parallel
-    and no pixels cross a shuffle. `shard_path(index, count)` names a mosaic's shard file.
+    pixels the eval examples hold); each site is one element, so sites are merged in parallel
+    and no pixels cross a shuffle. `shard_path(index, count)` names a site's shard file.
     """
     by_id = {s.pair_id: s for s in specs}
-    count = len(mosaics)
+    count = len(scenes)
     _ = (
         p
-        | "Mosaics" >> beam.Create(list(mosaics))
-        | "Cut and write windows"
+        | "Sites" >> beam.Create(list(enumerate(scenes)))
+        | "Merge and cut windows"
         >> beam.Map(
-            _write_mosaic,
-            specs={m.index: [by_id[pid] for pid in m.pair_ids] for m in mosaics},
+            _write_site,
+            specs={s.site_id: [by_id[pid] for pid in s.pair_ids] for s in scenes},
             shard_path=shard_path,
             count=count,
             validation=validation,
+            tile_size=tile_size,
         )
     )
 
@@ -201,16 +243,17 @@ def windows_written(result) -> int:
     return int(sum(c.committed for c in result.metrics().query(query)["counters"]))
 
 
-def _write_mosaic(mosaic, specs, shard_path, count, validation) -> int:
-    tiles = {}
-    for spec in specs[mosaic.index]:
+def _write_site(indexed, specs, shard_path, count, validation, tile_size) -> int:
+    index, scene = indexed
+    tiles = []
+    for spec in specs[scene.site_id]:
         pair = validate(spec, validation)
         if isinstance(pair, Rejection):  # the conversion accepted it moments ago
             raise ValueError(f"scene split: {spec.pair_id} no longer valid: {pair.detail}")
-        tiles[spec.pair_id] = pair
+        tiles.append(pair)
     written = 0
-    with atomic_tfrecord(shard_path(mosaic.index, count)) as writer:
-        for window in cut_windows(mosaic, tiles):
+    with atomic_tfrecord(shard_path(index, count)) as writer:
+        for window in scene_windows(scene, tiles, tile_size):
             writer.write(to_example(window).SerializeToString(deterministic=True))
             written += 1
     Metrics.counter(METRICS_NAMESPACE, WINDOWS).inc(written)

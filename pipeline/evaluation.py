@@ -97,6 +97,8 @@ class SplitEvaluation:
     gates: list[Gate] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     changes: dict[str, float] = field(default_factory=dict)  # candidate - last blessed model
+    # TFMA's slices by site (`data.sites`): site id -> metric -> value with its interval.
+    sites: dict[str, dict[str, Estimate]] = field(default_factory=dict)
 
     def values(self) -> dict[str, float]:
         return {name: e.value for name, e in self.metrics.items()}
@@ -120,10 +122,10 @@ def _number(value) -> float | None:
     return None
 
 
-def _slice_id(slice_key) -> str | None:
-    """The pair id of a per-example slice; None for the overall slice."""
+def _slice_id(slice_key, column: str = features.PAIR_ID) -> str | None:
+    """The pair id (or another column's value) of a slice; None for another slice."""
     for single in slice_key.single_slice_keys:
-        if single.column == features.PAIR_ID:
+        if single.column == column:
             kind = single.WhichOneof("kind")
             raw = getattr(single, kind)
             return raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -141,6 +143,24 @@ def load_evaluation(uri: str, split: str) -> SplitEvaluation:
     per_tile: dict[str, dict[str, float]] = {}
     for sliced in tfma.load_metrics(uri):
         pair_id = _slice_id(sliced.slice_key)
+        site_id = _slice_id(sliced.slice_key, features.SITE_ID)
+        if site_id is not None and pair_id is None:
+            result.sites[site_id] = {
+                kv.key.name: Estimate(
+                    _number(kv.value),
+                    _number(kv.confidence_interval.lower_bound)
+                    if kv.HasField("confidence_interval")
+                    else None,
+                    _number(kv.confidence_interval.upper_bound)
+                    if kv.HasField("confidence_interval")
+                    else None,
+                )
+                for kv in sliced.metric_keys_and_values
+                if kv.key.model_name in ("", "candidate")
+                and not kv.key.is_diff
+                and _number(kv.value) is not None
+            }
+            continue
         if sliced.slice_key.single_slice_keys and pair_id is None:
             continue
         for kv in sliced.metric_keys_and_values:

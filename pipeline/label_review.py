@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from components.cross_validation import Split, fold_of, stack, subset
+from components.cross_validation import Split, folds_of, stack, subset
 from data.errors import TailingsError
 from pipeline.config import LabelReviewConfig
 
@@ -171,7 +171,7 @@ def out_of_fold(
     from components import cross_validation
 
     mode = config.model.test_time_augmentation
-    fold = np.array([fold_of(i, folds) for i in tiles.ids])
+    fold = folds_of(tiles, folds)
     digests = tile_digests(tiles)
     probabilities = np.zeros(tiles.masks.shape[:3], np.float32)
     result = OutOfFold(probabilities, fold, [], [], [], [], [])

@@ -42,8 +42,11 @@ def eval_config(cfg: PipelineConfig, gate: bool = True) -> tfma.EvalConfig:
     the pair id), with bootstrap confidence intervals; with `gate`, the blessing thresholds
     and the no-regression check against the latest blessed model, on the overall slice only.
 
-    The label is the transformed mask: TFMA cannot read a mask stored as raw bytes, so it calls
-    the model's `transform_features` signature first and takes `mask_xf` from there.
+    The label is the transformed mask the Trainer learned (`TrainConfig.labels`: the site
+    label by default, `site_mask_xf`): TFMA cannot read a mask stored as raw bytes, so it
+    calls the model's `transform_features` signature first and takes the label from there.
+    Scene windows hold their site's union in both masks. Slices: overall, by site (TFMA's
+    intervals per place) and by example (tile or window).
     """
     t = cfg.thresholds
     bounds = t.lower_bounds() if gate else {}
@@ -76,10 +79,14 @@ def eval_config(cfg: PipelineConfig, gate: bool = True) -> tfma.EvalConfig:
             tfma.ModelSpec(
                 signature_name="serving_default",
                 preprocessing_function_names=["transform_features"],
-                label_key=transform_lib.MASK_XF,
+                label_key=transform_lib.label_key(cfg.trainer().train.labels),
             )
         ],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[features.PAIR_ID])],
+        slicing_specs=[
+            tfma.SlicingSpec(),
+            tfma.SlicingSpec(feature_keys=[features.SITE_ID]),
+            tfma.SlicingSpec(feature_keys=[features.PAIR_ID]),
+        ],
         metrics_specs=[tfma.MetricsSpec(metrics=configs)],
         options=tfma.Options(
             # Not the model's compiled metrics: TFMA would load the SavedModel again in every

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from data.errors import EXIT_ANOMALIES
 from data.lock import output_lock
+from data.sites import SITES_FILE
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.runs import RunDigest
@@ -49,6 +50,8 @@ class RunSummary:
     seconds: float
     converted: int | None = None
     rejected: list[dict] = field(default_factory=list)
+    # The ConversionReport's sites.jsonl: one row per site (tiles, split, label agreement).
+    sites: list[dict] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
     # Per split the Evaluators scored: the scene split (gate) first, then the eval tiles.
     evaluations: dict[str, SplitEvaluation] = field(default_factory=dict)
@@ -92,9 +95,15 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"run {self.run_id}: {self.seconds:.0f} s"]
         if self.converted is not None:
-            out.append(f"pairs: {self.converted} converted, {len(self.rejected)} rejected")
+            kept = [r for r in self.sites if r.get("converted")]
+            in_sites = f" in {len(kept)} sites" if self.sites else ""
+            out.append(
+                f"pairs: {self.converted} converted{in_sites}, {len(self.rejected)} rejected"
+            )
             if self.scene_windows is not None:
-                out.append(f"scene split: {self.scene_windows} windows cut from the eval tiles")
+                eval_sites = sum(1 for r in kept if r.get("split") == nodes.EVAL_SPLIT)
+                source = f"the {eval_sites} eval sites" if self.sites else "the eval tiles"
+                out.append(f"scene split: {self.scene_windows} windows cut from {source}")
             out += [f"  rejected {r['id']}: {r['reason']} ({r['detail']})" for r in self.rejected]
         if self.anomalies:
             out.append(f"anomalies: {len(self.anomalies)} (run stopped before Transform)")
@@ -461,6 +470,9 @@ def summarize_record(run: metadata.RunRecord, seconds: float) -> RunSummary:
         rejected = os.path.join(report.uri, "rejected.jsonl")
         if os.path.exists(rejected):
             s.rejected = [json.loads(x) for x in open(rejected).read().splitlines() if x]
+        sites = os.path.join(report.uri, SITES_FILE)
+        if os.path.exists(sites):
+            s.sites = [json.loads(x) for x in open(sites).read().splitlines() if x]
     anomalies = run.artifact(nodes.EXAMPLE_VALIDATOR, nodes.ANOMALIES)
     if anomalies is not None:
         from components.anomalies import list_anomalies

@@ -14,7 +14,11 @@ if TYPE_CHECKING:  # TensorFlow is imported lazily: the CLI and Beam planning st
 # Identity and raw pixels.
 PAIR_ID = "pair_id"
 IMAGE = "image"  # little-endian float32 bytes, H x W x BANDS, in the file's band order
-MASK = "mask"  # raw uint8 bytes, H x W, values 0 (background) / 1 (tailings)
+MASK = "mask"  # raw uint8 bytes, H x W, values 0 (background) / 1 (tailings): the tile's own
+# The place the tile shows (`data.sites`): `site-<first pair id>`; TFMA slices by it.
+SITE_ID = "site_id"
+# The site label: the union of the masks of the tile's site on the tile's own grid, as MASK.
+SITE_MASK = "site_mask"
 # Mask value for pixels with no data (only in scene windows, where no tile lies): metrics skip
 # them; `tailings convert` refuses masks with any value but 0/1.
 MASK_NODATA = 255
@@ -55,7 +59,7 @@ PER_BAND_FEATURES = tuple(band_feature(s, b) for s in BAND_STATISTICS for b in B
 SUMMARY_FEATURES = (*BAND_STATISTICS, TAILINGS_FRACTION)
 # What the curated schema compares between datasets (drift) and between splits (skew).
 COMPARED_FEATURES = (*PER_BAND_FEATURES, TAILINGS_FRACTION)
-BYTES_FEATURES = (IMAGE, MASK)
+BYTES_FEATURES = (IMAGE, MASK, SITE_MASK)
 
 
 def feature_spec(bands: int = EXPECTED_BANDS) -> dict[str, tf.io.FixedLenFeature]:
@@ -66,6 +70,8 @@ def feature_spec(bands: int = EXPECTED_BANDS) -> dict[str, tf.io.FixedLenFeature
         PAIR_ID: tf.io.FixedLenFeature([], tf.string),
         IMAGE: tf.io.FixedLenFeature([], tf.string),
         MASK: tf.io.FixedLenFeature([], tf.string),
+        SITE_ID: tf.io.FixedLenFeature([], tf.string),
+        SITE_MASK: tf.io.FixedLenFeature([], tf.string),
         HEIGHT: tf.io.FixedLenFeature([], tf.int64),
         WIDTH: tf.io.FixedLenFeature([], tf.int64),
         BANDS: tf.io.FixedLenFeature([], tf.int64),

@@ -102,6 +102,7 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
     excluded = _exclusions(args.images, args.masks, args.labels or args.images.resolve().parent)
     check_writable(args.output, "--output")  # a local folder; gs://... is left to Beam
     from data.convert import run_conversion, shard_write_failure
+    from data.sites import SITES_FILE
 
     cfg = ConversionConfig(workers=args.workers, shards=args.shards, running_mode=args.running_mode)
     try:
@@ -123,7 +124,7 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
         note = f"{shard.rsplit('/', 1)[-1]} not written; no partial shard left"
         raise cannot_write("--output", args.output, reason, note) from None
     say(summary.one_line())
-    say(f"wrote {args.output}/ ({cfg.rejected_file}, {cfg.summary_file}, shards)")
+    say(f"wrote {args.output}/ ({cfg.rejected_file}, {cfg.summary_file}, {SITES_FILE}, shards)")
     if summary.converted == 0:
         raise CliError(
             f"nothing converted: all {summary.pairs_found} pairs were rejected; "

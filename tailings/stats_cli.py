@@ -195,9 +195,10 @@ def _report(args: argparse.Namespace, beam_args: list[str]) -> int:
     check_writable(args.html, "--html", is_file=True)
     check_run_recorded(cfg.metadata_path, args.run)
     from pipeline.reports.run_report import load_report, report_html
+    from pipeline.reports.terminal import site_lines
 
     report = load_report(cfg, args.run)
-    for line in report.summary.lines():
+    for line in [*report.summary.lines(), *site_lines(report.summary.sites)]:
         print(line)
     _write(args.html, report_html(report))
     return EXIT_OK

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.sites import SITE_COLUMNS, site_cells, worst_first
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.evaluation import DROP_GATE, VALUE_GATE, SplitEvaluation
@@ -146,6 +147,10 @@ def _data(report: RunReport) -> str:
         parts.append(h.table(("pair", "reason", "detail"), rows, ["bad"] * len(rows), (0, 1, 2)))
     else:
         parts.append(h.note("No pair was rejected by the conversion."))
+    if s.sites:
+        rows = [site_cells(r) for r in worst_first(s.sites)]
+        parts.append("<h3>Sites, least label agreement first</h3>")
+        parts.append(h.table(SITE_COLUMNS, rows, text_columns=(0, 1, 2)))
     if s.anomalies:
         items = "".join(f"<li>{h.esc(a)}</li>" for a in s.anomalies)
         parts.append(f"<div class='alert'>Anomalies stopped the run:<ul>{items}</ul></div>")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from components.anomalies import Anomaly, list_anomalies
 from data.errors import TailingsError, os_reason
+from data.sites import SITES_FILE
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.reports.config import DEFAULTS, ReportConfig
@@ -94,6 +95,7 @@ class DataStats:
     anomalies: list[Anomaly] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     example_files: dict[str, list[str]] = field(default_factory=dict)  # split -> GZIP TFRecords
+    sites: list[dict] = field(default_factory=list)  # the conversion's sites.jsonl rows
 
     def only(self, split: str) -> DataStats:
         """The same data restricted to one split (`--split`)."""
@@ -106,6 +108,7 @@ class DataStats:
             anomalies=[a for a in self.anomalies if a.split == split],
             rejected=self.rejected,
             example_files={split: self.example_files.get(split, [])},
+            sites=[r for r in self.sites if r.get("split", split) == split],
         )
 
 
@@ -147,6 +150,7 @@ def from_run(cfg: PipelineConfig, run_id: str | None = None) -> DataStats:
         anomalies=_anomalies_of_run(run),
         rejected=summary.rejected,
         example_files=files,
+        sites=summary.sites,
     )
 
 
@@ -192,12 +196,17 @@ def from_examples(folder: Path, rc: ReportConfig = DEFAULTS, flag: str = "--exam
     rejected = []
     if rejected_path.exists():
         rejected = [json.loads(x) for x in rejected_path.read_text().splitlines() if x.strip()]
+    sites_path = folder / SITES_FILE
+    sites = []
+    if sites_path.exists():
+        sites = [json.loads(x) for x in sites_path.read_text().splitlines() if x.strip()]
     split = rc.folder_split
     return DataStats(
         source=f"folder {folder}",
         statistics={split: stats_list.datasets[0]},
         anomalies=anomalies_of(anomalies, split),
         rejected=rejected,
+        sites=sites,
         example_files={split: files},
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from data.sites import SITE_COLUMNS, site_cells, worst_first
 from pipeline.reports import html as h
 from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
@@ -64,6 +65,7 @@ def stats_html(
     body.append(_tables(data, drift, reference, skew, rc))
     body.append(_histograms(data, reference, rc))
     body.append(_rejected(data))
+    body.append(_sites(data))
     body.append(_thumbnails(data, rc))
     subtitle = "TFDV statistics" + (f", compared with {reference.source}" if reference else "")
     return h.page(f"Data statistics: {data.source}", subtitle, body)
@@ -240,6 +242,22 @@ def _rejected(data: DataStats) -> str:
     return h.section(
         "Rejected pairs",
         h.table(("pair", "reason", "detail"), rows, ["bad"] * len(rows), text_columns=(0, 1, 2)),
+    )
+
+
+def _sites(data: DataStats) -> str:
+    """Every site (`data.sites`), the least label agreement first."""
+    if not data.sites:
+        return h.section("Sites", h.note("No sites file (converted before sites were recorded)."))
+    rows = [site_cells(r) for r in worst_first(data.sites)]
+    return h.section(
+        "Sites",
+        h.note(
+            "Tiles whose footprints intersect form one site; each tile's training label is the "
+            "union of its site's masks. Label agreement: 1 - the share of the union that one "
+            "tile labels tailings and an overlapping tile labels background. Worst first."
+        ),
+        h.table(SITE_COLUMNS, rows, text_columns=(0, 1, 2)),
     )
 
 

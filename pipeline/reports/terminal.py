@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from data.sites import site_cells, worst_first
 from pipeline.reports.config import DEFAULTS, ReportConfig
 from pipeline.reports.drift import Drift, split_pairs
 from pipeline.reports.stats import DataStats, FeatureRow, feature_rows, shared_histograms
@@ -157,6 +158,7 @@ def stats_lines(
         out.append("anomalies: none")
     out.append(f"rejected pairs: {len(data.rejected)}")
     out += [f"  {r['id']}: {r['reason']} ({r.get('detail', '')})" for r in data.rejected]
+    out += site_lines(data.sites)
     if skew:
         out += [
             "",
@@ -168,6 +170,23 @@ def stats_lines(
         ]
     if drift is not None and reference is not None:
         out += ["", *drift_lines(drift, reference)]
+    return out
+
+
+def site_lines(rows: list[dict], shown: int = 10) -> list[str]:
+    """The sites, least label agreement first: the `shown` worst, and how many more."""
+    ordered = worst_first(rows)
+    if not ordered:
+        return []
+    out = [f"sites: {len(ordered)} (least label agreement first)"]
+    for row in ordered[:shown]:
+        site, split, tiles, agreement, disputed = site_cells(row)
+        out.append(
+            f"  {site:<12} {split:<6} tiles {tiles:<7} agreement {agreement}  "
+            f"disputed {disputed} px"
+        )
+    if len(ordered) > shown:
+        out.append(f"  ... {len(ordered) - shown} more (all of them in the HTML page)")
     return out
 
 

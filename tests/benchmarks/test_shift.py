@@ -192,7 +192,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
     from serving.config import PredictConfig
     from serving.predict import predict_scene
 
-    [mosaic], tiles = cross_validation.scene_plan(eval_tiles)
+    [mosaic], tiles = cross_validation.mosaic_plan(eval_tiles)
     assert (mosaic.rows, mosaic.cols, len(mosaic.pair_ids)) == (2, 3, 5)
     image, truth = shift.mosaic_pixels(mosaic, tiles)
     path = shift.write_mosaic(tmp_path / "mosaic.tif", image)
@@ -219,7 +219,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
 def test_predict_by_overlap_scores_the_whole_mosaics(eval_tiles, tmp_path) -> None:
     from serving.predict import window_starts
 
-    mosaics, tiles = cross_validation.scene_plan(eval_tiles)
+    mosaics, tiles = cross_validation.mosaic_plan(eval_tiles)
     out = shift.predict_by_overlap(PixelModel(), mosaics, tiles, (0, 2, 4), 3, tmp_path)
     assert list(out) == ["0", "2", "4"]
     height, width = shift.mosaic_pixels(mosaics[0], tiles)[1].shape

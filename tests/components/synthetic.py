@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.crs import CRS
 
 from components.config import TransformConfig
 from data.examples import summary_values
 from schemas import features as F
+
+UTM_23S_WKT = CRS.from_epsg(32723).to_wkt().encode()
 
 BAND_NAMES = (b"B2", b"B3", b"B4")
 BACKGROUND_REFLECTANCE = (0.05, 0.08, 0.10)  # vegetation-ish
@@ -46,11 +49,13 @@ def raw_instance(pair_id: str, image: np.ndarray, mask: np.ndarray) -> dict[str,
         F.PAIR_ID: pair_id.encode(),
         F.IMAGE: image.astype(F.IMAGE_DTYPE).tobytes(),
         F.MASK: mask.astype(F.MASK_DTYPE).tobytes(),
+        F.SITE_ID: f"site-{pair_id}".encode(),  # every synthetic tile is a place of its own
+        F.SITE_MASK: mask.astype(F.MASK_DTYPE).tobytes(),
         F.HEIGHT: height,
         F.WIDTH: width,
         F.BANDS: bands,
         F.BAND_NAMES: list(BAND_NAMES),
-        F.CRS_WKT: b"",
+        F.CRS_WKT: UTM_23S_WKT,  # a real CRS: scene windows merge each tile on its grid
         F.EPSG: 32723,
         F.TRANSFORM: [10.0, 0.0, 500000.0, 0.0, -10.0, 7000000.0],
         **summary_values(image, mask),  # band vectors, one scalar per band, tailings fraction

@@ -18,7 +18,7 @@ from components.example_gen import (
     GeoTiffExampleGen,
     input_fingerprint,
 )
-from data.config import SceneConfig, SplitConfig
+from data.config import SplitConfig
 from data.convert import ConversionError, ShardPlan
 from data.labels import EXCLUDE, KEEP, LABELS_FILE, LabelDecision, LabelsFileError, write_labels
 from data.pairs import EXCLUDED_BY_REVIEW, TILE_SIZE
@@ -91,7 +91,7 @@ def _executor_inputs(root: Path, config: SplitConfig):
     properties = {
         "input_base": str(root / "data"),
         "splits": json.dumps([list(s) for s in config.splits]),
-        "scene": json.dumps({"seed": config.scene.seed, "tiles_per_mosaic": 4}),
+        "scene": json.dumps({"seed": config.scene.seed}),
         "shards": config.shards,
     }
     return outputs, properties
@@ -105,7 +105,7 @@ def _split_ids(examples_uri: Path, split: str) -> set[str]:
 
 
 def test_executor_rejects_excluded_pairs_from_every_split(tmp_path):
-    config = SplitConfig(shards=1, scene=SceneConfig(tiles_per_mosaic=4))
+    config = SplitConfig(shards=1)
     plan = ShardPlan(shards=1, splits=config.splits)
     data = tmp_path / "data"
     by_split: dict[str, list[str]] = {"train": [], "eval": []}
@@ -134,7 +134,7 @@ def test_executor_rejects_excluded_pairs_from_every_split(tmp_path):
     assert _split_ids(examples, "train") == set(by_split["train"]) - excluded
     assert _split_ids(examples, "eval") == set(by_split["eval"]) - excluded
     layout = json.loads((report / SCENE_LAYOUT_FILE).read_text())
-    in_scene = {t["pair_id"] for m in layout["mosaics"] for t in m["tiles"]}
+    in_scene = {t for site in layout["sites"] for t in site["tiles"]}
     assert in_scene == set(by_split["eval"]) - excluded
     assert _split_ids(examples, "scene")  # windows were written, from the kept eval tiles only
     assert outputs[REPORT_KEY][0].get_int_custom_property("rejected") == len(excluded)
@@ -151,7 +151,7 @@ def test_executor_reports_a_bad_labels_file_as_a_conversion_error(tmp_path):
 def test_executor_rejects_pairs_of_another_tile_size(tmp_path):
     """A 16 x 16 pair among 32 x 32 ones is rejected in ExampleGen (reason tile_size, both
     sizes named), so Transform never sees it; with no tile size set it would be converted."""
-    config = SplitConfig(shards=1, scene=SceneConfig(tiles_per_mosaic=4))
+    config = SplitConfig(shards=1)
     data = tmp_path / "data"
     make_pairs(data, 8, size=(32, 32))
     make_pair(data / "img", data / "mask", "odd", size=(16, 16), seed=99)
@@ -177,3 +177,46 @@ def test_the_pipeline_gives_example_gen_its_tile_size(tmp_path):
     pipeline = create_pipeline(tiny_config(tmp_path, tmp_path / "data"))
     [example_gen] = [c for c in pipeline.components if isinstance(c, GeoTiffExampleGen)]
     assert example_gen.exec_properties["tile_size"] == TILE
+
+
+def test_executor_keeps_each_site_on_one_side_and_merges_eval_sites_into_scenes(tmp_path):
+    """Three overlapping tiles (one site) among tiles of their own places: every site's tiles
+    share a split, sites.jsonl lists every site, and the scene split holds one merged scene
+    per eval site, its windows named and sliced by the site."""
+    from rasterio.transform import from_origin
+
+    from data.convert import SITES_FILE
+    from data.examples import decode_pair
+    from tests.fixtures.geotiffs import PIXEL_DEGREES
+
+    config = SplitConfig(shards=1)
+    data = tmp_path / "data"
+    for k, pid in enumerate(("1", "2", "3")):
+        origin = from_origin(-50.0 + 10 * k * PIXEL_DEGREES, -10.0, PIXEL_DEGREES, PIXEL_DEGREES)
+        make_pair(data / "img", data / "mask", pid, size=(32, 32), seed=k, transform=origin)
+    for n in range(4, 16):
+        make_pair(data / "img", data / "mask", str(n), size=(32, 32), seed=n)
+    outputs, properties = _executor_inputs(tmp_path, config)
+
+    Executor().Do({}, outputs, properties)
+
+    report = Path(outputs[REPORT_KEY][0].uri)
+    sites = [json.loads(line) for line in (report / SITES_FILE).read_text().splitlines()]
+    assert [s["site"] for s in sites][:2] == ["site-1", "site-4"] and len(sites) == 13
+    assert sites[0]["tiles"] == ["1", "2", "3"] and "agreement" in sites[0]
+    assert outputs[REPORT_KEY][0].get_int_custom_property("sites") == 13
+    examples = Path(outputs[EXAMPLES_KEY][0].uri)
+    side = {pid: split for split in ("train", "eval") for pid in _split_ids(examples, split)}
+    assert len({side[p] for p in ("1", "2", "3")}) == 1
+    eval_sites = {s["site"] for s in sites if s["split"] == "eval"}
+    assert eval_sites and {
+        side[t] for s in sites for t in s["tiles"] if s["site"] in eval_sites
+    } == {"eval"}
+    layout = json.loads((report / SCENE_LAYOUT_FILE).read_text())
+    assert {s["site"] for s in layout["sites"]} == eval_sites
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in (examples / "Split-scene").glob("*.gz"))
+    windows = [decode_pair(r) for r in tf.data.TFRecordDataset(files, "GZIP").as_numpy_iterator()]
+    assert {w.site_id for w in windows} == eval_sites
+    assert all(w.pair_id.startswith(w.site_id + "_y") for w in windows)

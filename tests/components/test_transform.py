@@ -62,9 +62,17 @@ def test_transformed_schema_has_fixed_tile_shapes(transform_run, transform_confi
     spec = tft.TFTransformOutput(transform_run.transform_output).transformed_feature_spec()
     tile = transform_config.tile_size
     assert spec[T.IMAGE_XF].shape == [tile, tile, 3]
-    assert spec[T.MASK_XF].shape == [tile, tile, 1]
+    assert spec[T.MASK_XF].shape == spec[T.SITE_MASK_XF].shape == [tile, tile, 1]
     assert spec[T.PIXEL_MEAN].shape == spec[T.PIXEL_STD].shape == [3]
-    assert set(spec) == {T.IMAGE_XF, T.MASK_XF, T.PIXEL_MEAN, T.PIXEL_STD, T.PAIR_ID_XF}
+    assert set(spec) == {
+        T.IMAGE_XF,
+        T.MASK_XF,
+        T.SITE_MASK_XF,
+        T.PIXEL_MEAN,
+        T.PIXEL_STD,
+        T.PAIR_ID_XF,
+        T.SITE_ID_XF,
+    }
 
 
 @pytest.mark.parametrize(

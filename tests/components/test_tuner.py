@@ -133,11 +133,11 @@ def test_trials_train_on_the_train_split_less_a_fold_and_score_its_scene_windows
     result = tuner_lib.tuner_fn(fn_args)
     assert result.fit_kwargs["epochs"] == 1
     fit, held_out, scene = result.fit_kwargs["data"].load()
-    held = sorted(i for i in ids if cross_validation.fold_of(i, 2) == 0)
+    held = sorted(i for i in ids if cross_validation.fold_of(f"site-{i}", 2) == 0)
     assert held_out.ids == held and sorted(fit.ids) == sorted(set(ids) - set(held))
-    # Scene windows: mosaics of the held-out tiles cut on a shifted grid, no data where no tile.
+    # Scene windows: each held-out site merged and cut on a shifted grid, no data off its tiles.
     assert scene.ids == cross_validation.scene_windows(held_out).ids
-    assert all(i.startswith("scene") for i in scene.ids)
+    assert all(i.startswith("site-") and "_y" in i for i in scene.ids)
     assert scene.masks.shape[1:3] == (TILE, TILE) and (scene.masks == F.MASK_NODATA).any()
 
 

@@ -1,4 +1,5 @@
-"""The scene split's construction: mosaics of eval tiles cut into windows off the tile grid."""
+"""The scene split's construction: eval sites merged and cut into windows off the tile grid;
+the tile mosaics `benchmarks/shift.py` still uses."""
 
 import numpy as np
 import pytest
@@ -29,22 +30,22 @@ def tiles() -> dict[str, GeoPair]:
 
 
 def test_plan_is_deterministic_and_offsets_never_align(tiles):
-    cfg = SceneConfig(seed=3, tiles_per_mosaic=4)
-    first = scenes.plan_mosaics(list(tiles), SIZE, cfg)
-    again = scenes.plan_mosaics(list(reversed(list(tiles))), SIZE, cfg)
+    cfg = SceneConfig(seed=3)
+    first = scenes.plan_mosaics(list(tiles), SIZE, cfg, tiles_per_mosaic=4)
+    again = scenes.plan_mosaics(list(reversed(list(tiles))), SIZE, cfg, tiles_per_mosaic=4)
     assert first == again
     assert [len(m.pair_ids) for m in first] == [4, 3]
     assert sorted(pid for m in first for pid in m.pair_ids) == sorted(tiles)
     for mosaic in first:
         for y, x in mosaic.window_origins(SIZE):
             assert y % SIZE != 0 and x % SIZE != 0  # no window edge on a tile edge
-    other = scenes.plan_mosaics(list(tiles), SIZE, SceneConfig(seed=4, tiles_per_mosaic=4))
+    other = scenes.plan_mosaics(list(tiles), SIZE, SceneConfig(seed=4), tiles_per_mosaic=4)
     assert other != first
 
 
 def test_windows_cover_every_tile_pixel_and_mark_nodata(tiles):
-    cfg = SceneConfig(seed=1, tiles_per_mosaic=4)
-    for mosaic in scenes.plan_mosaics(list(tiles), SIZE, cfg):
+    cfg = SceneConfig(seed=1)
+    for mosaic in scenes.plan_mosaics(list(tiles), SIZE, cfg, tiles_per_mosaic=4):
         windows = list(scenes.cut_windows(mosaic, tiles))
         assert windows and all(w.image.shape == (SIZE, SIZE, 3) for w in windows)
         # Put every window back at its origin: each tile pixel must be covered exactly once.
@@ -98,3 +99,17 @@ def test_tiles_of_different_sizes_are_refused(tiles):
     mosaic = scenes.Mosaic(0, ("1", "9"), cols=2, offset=(4, 4))
     with pytest.raises(ValueError, match="one size"):
         list(scenes.cut_windows(mosaic, {**tiles, "9": odd}))
+
+
+def test_site_scenes_depend_on_each_site_alone_and_carry_its_id(tiles):
+    cfg = SceneConfig(seed=3)
+    plan = scenes.plan_site_scenes({"site-5": ["5"], "site-3": ["3", "4"], "site-9": []}, SIZE, cfg)
+    assert [(s.site_id, s.pair_ids) for s in plan] == [("site-3", ("3", "4")), ("site-5", ("5",))]
+    alone = scenes.plan_site_scenes({"site-5": ["5"]}, SIZE, cfg)
+    assert alone[0] == plan[1]  # other sites do not move a site's windows
+    windows = list(scenes.scene_windows(plan[1], [tiles["5"]], SIZE))
+    assert len(windows) == 4  # one tile on a shifted grid: four windows share it
+    for window in windows:
+        assert window.site_id == "site-5" and window.pair_id.startswith("site-5_y")
+        np.testing.assert_array_equal(window.site_label, window.mask)
+    assert sum(int((w.mask != MASK_NODATA).sum()) for w in windows) == SIZE * SIZE

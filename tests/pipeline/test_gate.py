@@ -114,7 +114,7 @@ def test_bootstrap_intervals_and_per_tile_slices_are_configured():
         config.options.confidence_intervals.method
         == tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP
     )
-    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["pair_id"]]
+    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["site_id"], ["pair_id"]]
     assert not any(
         c.per_slice_thresholds or c.HasField("threshold") for c in config.metrics_specs[0].metrics
     )

@@ -86,7 +86,7 @@ def test_planted_label_errors_rank_worst_with_the_right_flag_direction():
     split, truth = synthetic_tiles()
     labels = split.masks[..., 0].astype(np.uint8)
     probabilities = ideal_probabilities(truth)
-    folds = np.array([fold_of(i, 2) for i in IDS])
+    folds = np.array([fold_of(f"site-{i}", 2) for i in IDS])
     oof = lr.OutOfFold(probabilities, folds, [], [], [], [], [])
 
     scores = lr.score_labels(labels, probabilities)
@@ -102,7 +102,7 @@ def test_planted_label_errors_rank_worst_with_the_right_flag_direction():
     assert min(by_id[i].flagged_share for i in PLANTED) > 2 * max(t.flagged_share for t in clean)
     for i, pair_id in enumerate(IDS):
         tile = by_id[pair_id]
-        assert tile.fold == fold_of(pair_id, 2)
+        assert tile.fold == fold_of(f"site-{pair_id}", 2)
         assert tile.labelled_share == pytest.approx(labels[i].mean())
         assert tile.predicted_share == pytest.approx(np.mean(probabilities[i] >= 0.5))
         assert tile.flagged_share == pytest.approx(np.mean(scores.issues[i]))
@@ -198,7 +198,7 @@ def test_out_of_fold_caches_each_fold_and_reuses_it_only_for_the_same_inputs(tmp
     first = lr.out_of_fold(split, TINY, 2, cache, messages.append)
     assert len(calls) == 2 and first.reused == [False, False]
     assert sorted(p.name for p in cache.iterdir()) == ["fold-1-of-2.npz", "fold-2-of-2.npz"]
-    folds = np.array([fold_of(i, 2) for i in IDS])
+    folds = np.array([fold_of(f"site-{i}", 2) for i in IDS])
     np.testing.assert_array_equal(first.folds, folds)
     for k, (trained, held) in enumerate(calls):
         assert held == [i for i, f in zip(IDS, folds, strict=True) if f == k]

@@ -19,7 +19,7 @@ from components import trainer_lib
 from components.config import ModelConfig, TrainConfig, TrainerConfig
 from components.example_gen import SCENE_LAYOUT_FILE
 from components.metrics import THRESHOLD
-from data.examples import decode_arrays, to_example
+from data.examples import decode_pair, to_example
 from data.pairs import PairSpec, load_pair
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig, Thresholds
@@ -81,21 +81,25 @@ def test_tfma_reports_every_metric_on_both_splits_with_intervals(first_run):
     assert "scene split:" in lines and "eval split:" in lines and "gate iou >= 0" in lines
 
 
-def test_scene_split_is_cut_from_the_eval_pairs(first_run):
+def test_scene_split_is_cut_from_the_eval_sites(first_run):
     cfg, summary = first_run
     run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
     examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
     report = run.artifact(nodes.EXAMPLE_GEN, nodes.CONVERSION_REPORT)
     layout_file = Path(report.uri) / SCENE_LAYOUT_FILE
     layout = json.loads(layout_file.read_text())
-    tiled = sorted(t["pair_id"] for m in layout["mosaics"] for t in m["tiles"])
+    tiled = sorted(t for site in layout["sites"] for t in site["tiles"])
     eval_ids = sorted(row.pair_id for row in summary.evaluations["eval"].tiles)
     assert tiled == eval_ids and eval_ids  # every eval tile, and nothing else
     windows = sorted(row.pair_id for row in summary.evaluations["scene"].tiles)
     assert len(windows) == summary.scene_windows > len(eval_ids)
-    assert all(w.startswith("scene") for w in windows)
+    assert all(w.startswith("site-") and "_y" in w for w in windows)
     files = sorted((Path(examples.uri) / "Split-scene").glob("*.gz"))
-    assert len(files) == len(layout["mosaics"])
+    assert len(files) == len(layout["sites"])
+    # TFMA slices by site too: one slice per eval site, on both splits.
+    sites = {s["site"] for s in layout["sites"]}
+    assert set(summary.evaluations["scene"].sites) == sites
+    assert set(summary.evaluations["eval"].sites) == sites
     # Per-example rows are TFMA slices: shares of the wrong pixels add up to the whole split.
     for evaluation in summary.evaluations.values():
         total = sum(row.wrong_share for row in evaluation.tiles)
@@ -111,7 +115,7 @@ def test_per_tile_rows_match_numpy_on_the_models_predictions(first_run):
     for split, evaluation in summary.evaluations.items():
         expected, wrong = {}, {}
         for pair_id, raw in overlays.read_examples(examples.uri, split).items():
-            _, _, mask = decode_arrays(raw)
+            mask = decode_pair(raw).site_label  # what the Evaluators score (TrainConfig.labels)
             outputs = signature(**{trainer_lib.EXAMPLES_INPUT: tf.constant([raw])})
             prob = outputs[trainer_lib.PROBABILITIES].numpy()[0, ..., 0]
             valid = mask != MASK_NODATA

@@ -535,7 +535,7 @@ def test_server_and_in_process_give_the_same_output(server, pushed, tmp_path):
 @pytest.mark.realdata
 def test_real_scene_with_the_tiny_model(real_data, pushed, tmp_path):
     cfg, _ = pushed
-    scene_path = real_data / "img" / "img_1.tif"
+    scene_path = real_data / "img" / "img_3.tif"
     result = predict_scene(
         scene_path,
         LocalModel.open(cfg.push_dir),
@@ -550,5 +550,5 @@ def test_real_scene_with_the_tiny_model(real_data, pushed, tmp_path):
     assert result.tailings_pixels == int((mask == 1).sum())
     assert result.tailings_m2 == pytest.approx(float(areas[mask == 1].sum()), rel=1e-9)
     assert result.valid_m2 == pytest.approx(float(areas.sum()), rel=1e-9)
-    # 448 x 448 pixels of ~8.93e-5 degrees at 21 S: ~4.45 km (N-S) x ~4.15 km (E-W).
+    # 448 x 448 pixels of ~8.93e-5 degrees at 20.4 S: ~4.45 km (N-S) x ~4.17 km (E-W).
     assert 1800 < result.valid_m2 / 1e4 < 1880

@@ -75,7 +75,8 @@ def test_convert_passes_beam_options_through_and_summarises(tmp_path):
         "--job_name=tailings-test",
     )
     assert out.returncode == 0, out.stderr
-    assert "converted 3 of 3 pairs, rejected 0" in out.stderr
+    assert "found 3 candidate pairs in 3 sites" in out.stderr
+    assert "converted 3 of 3 pairs of 3 sites, rejected 0" in out.stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["converted"] == 3
     ours = ("found ", "  ... ", "converted ", "wrote ", "tailings convert: done in ")
     assert [line for line in out.stderr.splitlines() if not line.startswith(ours)] == []

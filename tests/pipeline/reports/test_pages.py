@@ -87,7 +87,7 @@ def review_page(tmp_path_factory) -> Path:
     split, truth = synthetic_tiles()
     labels = split.masks[..., 0].astype(np.uint8)
     probabilities = ideal_probabilities(truth)
-    folds = np.array([fold_of(i, 2) for i in split.ids])
+    folds = np.array([fold_of(f"site-{i}", 2) for i in split.ids])
     oof = lr.OutOfFold(probabilities, folds, [3, 4], [10.0, 12.0], [False, True], [], [])
     scores = lr.score_labels(labels, probabilities)
     codes = lr.flag_codes(labels, scores.issues)

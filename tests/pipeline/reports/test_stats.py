@@ -80,6 +80,39 @@ def test_terminal_table_lists_every_feature_with_rejections(same_stats):
         assert any(line.startswith(name + " ") for line in lines), name
     assert "anomalies: none" in text
     assert "rejected pairs: 1" in text and "  broken: mask_values" in text
+    # Every fixture pair is a place of its own; the broken one has no converted tile.
+    assert f"sites: {PAIRS} (least label agreement first)" in text
+
+
+def test_sites_are_listed_least_agreement_first():
+    from pipeline.reports.terminal import site_lines
+
+    rows = [
+        {
+            "site": "site-9",
+            "tiles": ["9"],
+            "converted": ["9"],
+            "split": "train",
+            "agreement": 1.0,
+            "disputed_pixels": 0,
+            "union_pixels": 50,
+        },
+        {
+            "site": "site-2",
+            "tiles": ["2", "3", "5"],
+            "converted": ["2", "3"],
+            "split": "eval",
+            "agreement": 0.25,
+            "disputed_pixels": 30,
+            "union_pixels": 40,
+        },
+        {"site": "site-4", "tiles": ["4"], "converted": []},  # nothing converted: not listed
+    ]
+    lines = site_lines(rows, shown=1)
+    assert lines[0] == "sites: 2 (least label agreement first)"
+    assert lines[1].split()[:4] == ["site-2", "eval", "tiles", "2"]
+    assert "agreement 0.25" in lines[1] and "disputed 30 / 40 px" in lines[1]
+    assert lines[2] == "  ... 1 more (all of them in the HTML page)"
 
 
 def test_terminal_values_are_tfdvs_per_band_numbers(same_stats, same_folder):
