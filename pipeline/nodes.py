@@ -58,7 +58,9 @@ EVAL_SPLIT = "eval"
 SCENE_SPLIT = SceneConfig.name  # "scene"
 EVALUATORS = ((SCENE_EVALUATOR, SCENE_SPLIT), (TILE_EVALUATOR, EVAL_SPLIT))
 SPLIT_DESCRIPTIONS = {
-    SCENE_SPLIT: "scene split: windows of mosaicked eval tiles at offsets that never line up "
-    "with a tile (how `tailings predict` sees a scene); decides the blessing",
-    EVAL_SPLIT: "eval split: the study's tiles, each centred on a facility; reported, not gated",
+    SCENE_SPLIT: "scene split: the eval sites, each merged into one place and cut into windows "
+    "off its tiles' grid (how `tailings predict` sees a scene), labelled with the union of the "
+    "site's masks; decides the blessing",
+    EVAL_SPLIT: "eval split: the eval sites' tiles, each centred on a facility; reported, not "
+    "gated",
 }

@@ -127,6 +127,19 @@ class RunSummary:
 TILE_ROWS_SHOWN = 8  # the terminal shows the worst tiles; the report shows them all
 
 
+# What `evaluation_lines` shows of each site's slice (metric, label).
+SITE_METRICS = (
+    (nodes.IOU, "IoU"),
+    (nodes.FACILITY_RECALL, "facility recall"),
+    ("labelled_share", "labelled"),
+)
+
+
+def site_order(metrics: dict, site: str) -> tuple:
+    iou = metrics.get(nodes.IOU)
+    return (iou.value if iou is not None else 2.0, site)
+
+
 def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> list[str]:
     """One split's metrics with intervals, its gates, and its worst tiles, for the terminal."""
     from pipeline.evaluation import DROP_GATE
@@ -139,6 +152,11 @@ def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> li
         how = "vs. last blessed model, " if g.kind == DROP_GATE else ""
         verdict = "ok" if g.passed else "FAILED"
         out.append(f"  gate {g.metric} {how}{g.kind} {g.bound:g}: {e.shown(g)} {verdict}")
+    if e.sites:
+        out.append(f"  by site ({len(e.sites)}; TFMA's slices), lowest IoU first:")
+        for site, m in sorted(e.sites.items(), key=lambda kv: site_order(kv[1], kv[0])):
+            shown = "  ".join(f"{label} {m[name]}" for name, label in SITE_METRICS if name in m)
+            out.append(f"    {site:<12} {shown}")
     if e.tiles:
         out.append(
             f"  worst {min(tile_rows, len(e.tiles))} of {len(e.tiles)} by share of wrong pixels "

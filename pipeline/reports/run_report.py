@@ -21,7 +21,7 @@ from pipeline.reports import html as h
 from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
 from pipeline.reports.stats import open_run
-from pipeline.runner import RunSummary, summarize_run
+from pipeline.runner import SITE_METRICS, RunSummary, site_order, summarize_run
 from pipeline.tuning import OBJECTIVE_DESCRIPTION, Search, read_search
 
 
@@ -202,6 +202,15 @@ def _split_evaluation(e: SplitEvaluation) -> list[str]:
         )
         if accuracy.value <= baseline.value:
             parts.append(h.note("The model is no better than predicting no tailings.", "alert"))
+    if e.sites:
+        site_rows = [
+            (site, *(str(m[name]) if name in m else "-" for name, _ in SITE_METRICS))
+            for site, m in sorted(e.sites.items(), key=lambda kv: site_order(kv[1], kv[0]))
+        ]
+        parts.append(
+            f"<p>Each of the {len(e.sites)} sites (TFMA slices by site), lowest IoU first:</p>"
+        )
+        parts.append(h.table(("site", *(label for _, label in SITE_METRICS)), site_rows))
     if e.tiles:
         tile_rows = [
             (

@@ -100,6 +100,10 @@ def test_scene_split_is_cut_from_the_eval_sites(first_run):
     sites = {s["site"] for s in layout["sites"]}
     assert set(summary.evaluations["scene"].sites) == sites
     assert set(summary.evaluations["eval"].sites) == sites
+    lines = summary.lines()
+    assert sum(1 for line in lines if line.startswith("  by site (")) == 2
+    shown = {line.split()[0] for line in lines if line.split()[1:2] == ["IoU"]}
+    assert shown == sites
     # Per-example rows are TFMA slices: shares of the wrong pixels add up to the whole split.
     for evaluation in summary.evaluations.values():
         total = sum(row.wrong_share for row in evaluation.tiles)

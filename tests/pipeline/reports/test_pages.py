@@ -186,8 +186,11 @@ def test_run_page_shows_outcome_metrics_curves_and_figures(run_page, pipeline_ru
     assert not EXTERNAL.search(page)
     assert summary.run_id in page and "BLESSED" in page
     # both splits, named; every metric with its bootstrap interval
-    assert "scene split: windows of mosaicked eval tiles" in page
-    assert "eval split: the study&#x27;s tiles" in page or "eval split: the study's tiles" in page
+    assert "scene split: the eval sites, each merged into one place" in page
+    assert (
+        "eval split: the eval sites&#x27; tiles" in page
+        or "eval split: the eval sites' tiles" in page
+    )
     assert re.search(r"<td>\d\.\d{4} \[-?\d\.\d{4}, \d\.\d{4}\]</td>", metric_row(page, "iou"))
     # judged by the run's own min_iou (0.0), not PipelineConfig's default 0.5, and flagged
     gate = r"<tr[^>]*><td class='text'>iou</td><td>[^<]*</td><td>&gt;= 0</td><td>pass</td></tr>"
