@@ -132,6 +132,19 @@ def _slice_id(slice_key, column: str = features.PAIR_ID) -> str | None:
     return None
 
 
+def _estimate(kv, ranges: Ranges) -> Estimate:
+    """A metric's value and its interval, clipped to the metric's range; no interval where
+    the bootstrap gave none or NaN (a slice too small for some samples)."""
+    low = high = None
+    if kv.HasField("confidence_interval"):
+        low = _number(kv.confidence_interval.lower_bound)
+        high = _number(kv.confidence_interval.upper_bound)
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        low = high = None
+    name = kv.key.name
+    return Estimate(_number(kv.value), _clipped(name, low, ranges), _clipped(name, high, ranges))
+
+
 def load_evaluation(uri: str, split: str) -> SplitEvaluation:
     """Metrics (candidate model, not the diff against the baseline), tiles and gates."""
     import tensorflow_model_analysis as tfma
@@ -146,15 +159,7 @@ def load_evaluation(uri: str, split: str) -> SplitEvaluation:
         site_id = _slice_id(sliced.slice_key, features.SITE_ID)
         if site_id is not None and pair_id is None:
             result.sites[site_id] = {
-                kv.key.name: Estimate(
-                    _number(kv.value),
-                    _number(kv.confidence_interval.lower_bound)
-                    if kv.HasField("confidence_interval")
-                    else None,
-                    _number(kv.confidence_interval.upper_bound)
-                    if kv.HasField("confidence_interval")
-                    else None,
-                )
+                kv.key.name: _estimate(kv, ranges)
                 for kv in sliced.metric_keys_and_values
                 if kv.key.model_name in ("", "candidate")
                 and not kv.key.is_diff
@@ -175,13 +180,7 @@ def load_evaluation(uri: str, split: str) -> SplitEvaluation:
             if pair_id is not None:
                 per_tile.setdefault(pair_id, {})[key.name] = value
                 continue
-            low = high = None
-            if kv.HasField("confidence_interval"):
-                low = _number(kv.confidence_interval.lower_bound)
-                high = _number(kv.confidence_interval.upper_bound)
-            result.metrics[key.name] = Estimate(
-                value, _clipped(key.name, low, ranges), _clipped(key.name, high, ranges)
-            )
+            result.metrics[key.name] = _estimate(kv, ranges)
     total_wrong = result.metrics.get(WRONG_PIXELS, Estimate(0.0)).value
     result.tiles = sorted(
         (
