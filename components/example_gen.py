@@ -33,10 +33,10 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from data import scenes
 from data.config import PairingConfig, SceneConfig, SplitConfig, ValidationConfig
 from data.convert import (
-    SITES_FILE,
     ConversionError,
     ShardPlan,
     convert_pairs,
+    sites_file_beside,
     summarize,
     with_sites,
 )
@@ -139,11 +139,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         plan, sites = with_sites(plan, specs)
         os.makedirs(report.uri, exist_ok=True)
         rejected_path = os.path.join(report.uri, REJECTED_FILE)
-        sites_path = os.path.join(report.uri, SITES_FILE)
+        sites_path = sites_file_beside(rejected_path)  # report.uri/sites.jsonl
         with self._make_beam_pipeline() as p:
-            convert_pairs(
-                p, specs, examples.uri, plan, validation, rejected_path, excluded, sites_path
-            )
+            convert_pairs(p, specs, examples.uri, plan, validation, rejected_path, excluded)
         summary = summarize(
             p.result,
             specs,
@@ -154,7 +152,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             time.monotonic() - start,
             workers=1,
             sites=sites,
-            sites_path=sites_path,
         )
         empty = [name for name, count in summary.converted_by_split.items() if count == 0]
         if empty:

@@ -192,14 +192,15 @@ class WriteShardFn(beam.DoFn):
         written: dict[str, bytes] = {}
         # One site at a time: its tiles are in memory together, never the whole shard's.
         for site_id in sorted(by_site):
-            tiles = []
+            valid: list[tuple[PairSpec, GeoPair]] = []
             for spec in by_site[site_id]:
                 result = self._validate(spec)
                 if isinstance(result, Rejection):
                     yield from self._reject(result)
                 else:
-                    tiles.append(result)
-            for tile in tiles:
+                    valid.append((spec, result))
+            tiles = [tile for _, tile in valid]
+            for spec, tile in valid:
                 try:
                     pair = dataclasses.replace(
                         tile, site_id=site_id, site_mask=site_label(tile, tiles)
@@ -207,7 +208,6 @@ class WriteShardFn(beam.DoFn):
                     # Deterministic: map order would otherwise differ between processes.
                     written[tile.pair_id] = to_example(pair).SerializeToString(deterministic=True)
                 except Exception as err:  # noqa: BLE001 - one pair must never fail the job
-                    spec = next(s for s in by_site[site_id] if s.pair_id == tile.pair_id)
                     yield from self._reject(_failed(spec, err))
             if tiles:
                 yield beam.pvalue.TaggedOutput(SITES, self._site_record(site_id, tiles))
@@ -351,11 +351,10 @@ def convert_pairs(
     validation: ValidationConfig,
     rejected_path: str,
     excluded: Mapping[str, str] | None = None,
-    sites_path: str | None = None,
 ) -> None:
     """Add the conversion to a pipeline: shards under `output_dir`, rejections as JSON lines,
-    one JSON line per site with a converted tile at `sites_path` (default: beside
-    `rejected_path`; `summarize` completes it).
+    one JSON line per site with a converted tile in `SITES_FILE` beside `rejected_path`
+    (`summarize` completes it).
 
     Shared by `tailings convert` and the pipeline's ExampleGen, which brings its own pipeline.
     `plan` must carry the sites (`with_sites`). `excluded` (pair id -> reason, see
@@ -377,7 +376,7 @@ def convert_pairs(
         | "Sites to JSON" >> beam.Map(json.dumps, sort_keys=True)
         | "Write sites"
         >> beam.io.WriteToText(
-            sites_path or sites_file_beside(rejected_path), shard_name_template="", num_shards=1
+            sites_file_beside(rejected_path), shard_name_template="", num_shards=1
         )
     )
 
@@ -402,7 +401,6 @@ def summarize(
     seconds: float,
     workers: int,
     sites: SitePlan | None = None,
-    sites_path: str | None = None,
 ) -> ConversionSummary:
     """Counts from Beam metrics, rejections and the shard files; written as summary.json.
     The sites file (`convert_pairs`) is completed with every site of `sites` (those without
@@ -414,7 +412,7 @@ def summarize(
         ]
     }
     rejected_rows = _sort_rejected(rejected_path)
-    site_rows = _complete_sites(sites_path or sites_file_beside(rejected_path), sites, plan)
+    site_rows = _complete_sites(sites_file_beside(rejected_path), sites, plan)
     converted_sites = [r for r in site_rows if r.get("converted")]
     paths = [plan.path(output_dir, key) for key in plan.all_keys()]
     shards = [m for r in FileSystems.match(paths) for m in r.metadata_list]

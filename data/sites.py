@@ -324,7 +324,11 @@ def attach_sites(pairs: Sequence[GeoPair], site_of: Mapping[str, str]) -> list[G
 def site_votes(tiles: Sequence[GeoPair]) -> tuple[np.ndarray, np.ndarray]:
     """On the site's grid (`site_grid`): how many tiles label each pixel tailings, and how
     many label it background."""
-    crs_wkt, transform, shape = site_grid(tiles)
+    return _votes(tiles, *site_grid(tiles))
+
+
+def _votes(tiles: Sequence[GeoPair], crs_wkt: str, transform, shape) -> tuple[np.ndarray, ...]:
+    """`site_votes` on a given grid."""
     yes = np.zeros(shape, np.uint8)
     no = np.zeros(shape, np.uint8)
     for tile in tiles:
@@ -411,15 +415,11 @@ def merge_site(site_id: str, tiles: Sequence[GeoPair]) -> SiteRaster:
     crs_wkt, transform, shape = site_grid(tiles)
     bands = tiles[0].image.shape[-1]
     image = np.full((*shape, bands), np.nan, np.float32)
-    yes = np.zeros(shape, np.uint8)
-    no = np.zeros(shape, np.uint8)
-    for tile in tiles:
+    for tile in tiles:  # merge's method="first"
         warped = warp_image(tile, crs_wkt, transform, shape)
         empty = np.isnan(image[..., 0])
         image[empty] = warped[empty]
-        mask = warp_mask(tile, crs_wkt, transform, shape)
-        yes += mask == 1
-        no += mask == 0
+    yes, no = _votes(tiles, crs_wkt, transform, shape)
     covered = ~np.isnan(image[..., 0])
     label = np.where(covered, (yes > 0).astype(np.uint8), np.uint8(F.MASK_NODATA)).astype(np.uint8)
     image[~covered] = 0.0
