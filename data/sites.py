@@ -84,9 +84,6 @@ class SitePlan:
     sites: tuple[Site, ...]
     site_of: Mapping[str, str] = field(default_factory=dict)  # pair id -> site id
 
-    def members(self, site_id: str) -> tuple[str, ...]:
-        return next(s.pair_ids for s in self.sites if s.site_id == site_id)
-
 
 def site_id_of(pair_ids: Iterable[str]) -> str:
     """`site-<first id>`: the first pair id in natural order names its site."""
