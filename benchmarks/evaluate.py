@@ -14,6 +14,10 @@ Examples: an ExampleGen `examples` artifact folder (`Split-eval/`, `Split-scene/
 Labels (`--labels site,own`): each split is scored against the site labels (`site`, the
 pipeline's default) and/or each tile's own mask (`own`, shown as `<split>-own`; scene windows
 hold their site's union in both masks, so `scene-own` equals `scene`).
+Framing of the scene split: `scene` scores each window alone (the model run on it by TFMA);
+`scene-blended` predicts each eval site whole, as `tailings predict` does and the pipeline's
+ScenePredictor does for the scene Evaluator, and scores the same windows of the blended
+prediction (site labels: the scene windows hold no other).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 import _env  # noqa: F401  (environment before TensorFlow)
 
 SPLITS = ("scene", "eval")
+BLENDED = "scene-blended"  # the scene split predicted whole per site, then blended
 SHOWN = (
     "iou",
     "pixel_accuracy",
@@ -62,6 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.labels or set(args.labels) - {"site", "own"}:
         p.error(f"--labels: site, own or both, got {args.labels}")
     for split in args.splits:
+        if split == BLENDED:
+            split = "scene"
         if not list((args.examples / f"Split-{split}").glob("*")):
             p.error(f"{args.examples}/Split-{split}: no example files")
     return args
@@ -89,6 +96,37 @@ def evaluate(model_dir: Path, files: str, split: str, labels: str = "site"):
         return load_evaluation(out, split)
 
 
+def evaluate_blended(model_dir: Path, files: str):
+    """The scene split as the pipeline's scene Evaluator scores it: each eval site predicted
+    whole and blended (`components.scene_predictor_lib`), then TFMA on the predictions."""
+    import tensorflow as tf
+    import tensorflow_model_analysis as tfma
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from components.scene_predictor_lib import PREDICTION, SCHEMA_FILE, predict_split
+    from pipeline.config import PipelineConfig
+    from pipeline.evaluation import load_evaluation
+    from pipeline.pipeline import eval_config
+
+    config = eval_config(PipelineConfig(), gate=False, blended=True)
+    with tempfile.TemporaryDirectory() as out:
+        predict_split(tf.io.gfile.glob(files), {PREDICTION: str(model_dir)}, out, out)
+        schema = text_format.Parse(Path(out, SCHEMA_FILE).read_text(), schema_pb2.Schema())
+        model = tfma.default_eval_shared_model(
+            eval_saved_model_path=str(model_dir), eval_config=config
+        )
+        tfma.run_model_analysis(
+            eval_shared_model=model,
+            eval_config=config,
+            data_location=str(Path(out, "*.gz")),
+            file_format="tfrecords",
+            output_path=str(Path(out, "tfma")),
+            schema=schema,
+        )
+        return load_evaluation(str(Path(out, "tfma")), "scene")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     results: dict = {"models": {}, "examples": str(args.examples)}
@@ -96,7 +134,12 @@ def main(argv: list[str]) -> int:
         results["models"][name] = {"path": str(folder)}
         for split, labels in ((s, x) for s in args.splits for x in args.labels):
             start = time.monotonic()
-            e = evaluate(folder, str(args.examples / f"Split-{split}" / "*"), split, labels)
+            if split == BLENDED:
+                if labels != "site":
+                    continue
+                e = evaluate_blended(folder, str(args.examples / "Split-scene" / "*"))
+            else:
+                e = evaluate(folder, str(args.examples / f"Split-{split}" / "*"), split, labels)
             seconds = time.monotonic() - start
             shown = split if labels == "site" else f"{split}-own"
             results["models"][name][shown] = {
@@ -109,7 +152,12 @@ def main(argv: list[str]) -> int:
                 "worst": [row.__dict__ for row in e.tiles[:5]],
             }
             print(f"{name} {shown}: iou {e.metrics['iou']} ({seconds:.0f} s)", file=sys.stderr)
-    shown_splits = [s if x == "site" else f"{s}-own" for s in args.splits for x in args.labels]
+    shown_splits = [
+        s if x == "site" else f"{s}-own"
+        for s in args.splits
+        for x in args.labels
+        if s != BLENDED or x == "site"
+    ]
     results["spread"] = spread(results["models"], shown_splits)
     results["machine"] = {"python": platform.python_version(), "node": platform.node()}
     table = markdown(results, shown_splits)

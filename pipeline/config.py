@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.blending import DEFAULT_OVERLAP
 from components.config import (
     DEFAULT_PRESET,
     TrainerConfig,
@@ -136,6 +137,16 @@ class PipelineConfig:
     remote: RemoteLocations | None = None
     # `tailings run --tune`: TFX's Tuner searches the Trainer's settings first; None: no Tuner.
     tune: TuneConfig | None = None
+    # Pixels shared by the windows the ScenePredictor blends over each eval site: what
+    # `tailings predict` uses by default (components.blending names the measurement).
+    scene_overlap: int = DEFAULT_OVERLAP
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.scene_overlap < self.transform.tile_size:
+            raise ValueError(
+                f"scene_overlap must be in [0, tile_size={self.transform.tile_size}), "
+                f"got {self.scene_overlap}"
+            )
 
     @property
     def pipeline_root(self) -> Path:

@@ -21,7 +21,10 @@ TRANSFORM = "Transform"
 TUNER = "Tuner"  # only in runs with `--tune`
 TRAINER = "Trainer"
 BASELINE_RESOLVER = "latest_blessed_model_resolver"
-# Two Evaluators: the scene split decides the blessing; the centred eval tiles are reported.
+# Predicts each eval site whole, as `tailings predict` does (the candidate and the baseline).
+SCENE_PREDICTOR = "ScenePredictor"
+# Two Evaluators: the scene split (the ScenePredictor's blended predictions) decides the
+# blessing; the centred eval tiles are reported.
 SCENE_EVALUATOR = "Evaluator"
 TILE_EVALUATOR = "TileEvaluator"
 PUSHER = "Pusher"
@@ -38,6 +41,8 @@ BLESSING = "blessing"
 PUSHED_MODEL = "pushed_model"
 BEST_HYPERPARAMETERS = "best_hyperparameters"
 TUNER_RESULTS = "tuner_results"
+PREDICTIONS = "predictions"  # components.scene_predictor.PREDICTIONS_KEY
+PREDICTION_SCHEMA = "schema"  # components.scene_predictor.SCHEMA_KEY
 
 # What `tailings runs` shows of a run, recorded by the runner when the run ends as one custom
 # property of the run's ML Metadata context (JSON, `pipeline.runs.RunDigest`), so that listing
@@ -58,9 +63,9 @@ EVAL_SPLIT = "eval"
 SCENE_SPLIT = SceneConfig.name  # "scene"
 EVALUATORS = ((SCENE_EVALUATOR, SCENE_SPLIT), (TILE_EVALUATOR, EVAL_SPLIT))
 SPLIT_DESCRIPTIONS = {
-    SCENE_SPLIT: "scene split: the eval sites, each merged into one place and cut into windows "
-    "off its tiles' grid (how `tailings predict` sees a scene), labelled with the union of the "
-    "site's masks; decides the blessing",
+    SCENE_SPLIT: "scene split: the eval sites, each merged into one place, predicted whole and "
+    "blended as `tailings predict` does, scored in windows off its tiles' grid against the "
+    "union of the site's masks; decides the blessing",
     EVAL_SPLIT: "eval split: the eval sites' tiles, each centred on a facility; reported, not "
     "gated",
 }

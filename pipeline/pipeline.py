@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis import constants as tfma_constants
 from tfx import v1 as tfx
 
 import components
-from components import facility_metrics, metrics, transform_lib
+from components import facility_metrics, metrics, scene_predictor_lib, transform_lib
 from components.config import TUNE_KEY
 from components.example_gen import GeoTiffExampleGen
 from components.pusher import Pusher
+from components.scene_predictor import ScenePredictor
 from components.tuner import Tuner
 from components.validation_gate import ExampleValidationGate
 from pipeline import nodes
@@ -37,14 +39,18 @@ TUNER_FN = "components.tuner_module.tuner_fn"
 SCHEMA_FILE = str(SCHEMA_DIR / "schema.pbtxt")
 
 
-def eval_config(cfg: PipelineConfig, gate: bool = True) -> tfma.EvalConfig:
+def eval_config(cfg: PipelineConfig, gate: bool = True, blended: bool = False) -> tfma.EvalConfig:
     """TFMA for one split: pixel and facility metrics overall and per example (TFMA slicing on
     the pair id), with bootstrap confidence intervals; with `gate`, the blessing thresholds
     and the no-regression check against the latest blessed model, on the overall slice only.
 
-    The label is the transformed mask the Trainer learned (`TrainConfig.labels`: the site
-    label by default, `site_mask_xf`): TFMA cannot read a mask stored as raw bytes, so it
-    calls the model's `transform_features` signature first and takes the label from there.
+    `blended`: the ScenePredictor's examples (`components.scene_predictor_lib`), which hold
+    each window's label and the blended predictions of the candidate and of the latest blessed
+    model; TFMA reads them model-agnostically (`materialized_prediction` model specs naming
+    their `prediction_key`), without running a model. Otherwise TFMA runs the model on each
+    example: the label is then the transformed mask the Trainer learned (`TrainConfig.labels`:
+    the site label by default, `site_mask_xf`); TFMA cannot read a mask stored as raw bytes, so
+    it calls the model's `transform_features` signature first and takes the label from there.
     Scene windows hold their site's union in both masks. Slices: overall, by site (TFMA's
     intervals per place) and by example (tile or window).
     """
@@ -74,14 +80,37 @@ def eval_config(cfg: PipelineConfig, gate: bool = True) -> tfma.EvalConfig:
             )
         # On the split as a whole, not on each tile's slice.
         config.per_slice_thresholds.add(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
-    return tfma.EvalConfig(
-        model_specs=[
+    if blended:
+        # Named: TFX keeps the baseline's spec when the resolver found a blessed model and
+        # drops it (and the change thresholds) on a first run.
+        model_specs = [
+            tfma.ModelSpec(
+                name=tfma.CANDIDATE_KEY,
+                model_type=tfma_constants.MATERIALIZED_PREDICTION,
+                prediction_key=scene_predictor_lib.PREDICTION,
+                label_key=scene_predictor_lib.LABEL,
+            ),
+            tfma.ModelSpec(
+                name=tfma.BASELINE_KEY,
+                is_baseline=True,
+                model_type=tfma_constants.MATERIALIZED_PREDICTION,
+                prediction_key=scene_predictor_lib.BASELINE_PREDICTION,
+                label_key=scene_predictor_lib.LABEL,
+            ),
+        ]
+        if not gate:
+            del model_specs[1:]
+            model_specs[0].name = ""
+    else:
+        model_specs = [
             tfma.ModelSpec(
                 signature_name="serving_default",
                 preprocessing_function_names=["transform_features"],
                 label_key=transform_lib.label_key(cfg.trainer().train.labels),
             )
-        ],
+        ]
+    return tfma.EvalConfig(
+        model_specs=model_specs,
         slicing_specs=[
             tfma.SlicingSpec(),
             tfma.SlicingSpec(feature_keys=[features.SITE_ID]),
@@ -183,12 +212,23 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(nodes.BASELINE_RESOLVER)
-    evaluator = tfx.components.Evaluator(
+    # The scene split is scored as users get it: each eval site predicted whole and blended
+    # (`tailings predict`'s code path), by the candidate and by the latest blessed model; the
+    # Evaluator reads those predictions (no model run in TFMA) and blesses on them.
+    scene_predictor = ScenePredictor(
         examples=example_gen.outputs[nodes.EXAMPLES],
         model=trainer.outputs[nodes.MODEL],
         baseline_model=baseline.outputs["model"],
+        split=nodes.SCENE_SPLIT,
+        overlap=cfg.scene_overlap,
+    ).with_id(nodes.SCENE_PREDICTOR)
+    evaluator = tfx.components.Evaluator(
+        examples=scene_predictor.outputs[nodes.PREDICTIONS],
+        schema=scene_predictor.outputs[nodes.PREDICTION_SCHEMA],
+        model=trainer.outputs[nodes.MODEL],
+        baseline_model=baseline.outputs["model"],
         example_splits=[nodes.SCENE_SPLIT],
-        eval_config=eval_config(cfg),
+        eval_config=eval_config(cfg, blended=True),
     ).with_id(nodes.SCENE_EVALUATOR)
     tile_evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs[nodes.EXAMPLES],
@@ -226,6 +266,7 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
             *([tuner] if tuner else []),
             trainer,
             baseline,
+            scene_predictor,
             evaluator,
             tile_evaluator,
             pusher,

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from components.blending import DEFAULT_OVERLAP
+
 # Where the pipeline pushes models (pipeline.config.PipelineConfig.serving_dir) and their name.
 MODELS_DIR = Path("serving/models")
 MODEL_NAME = "tailings"
@@ -97,10 +99,9 @@ class PredictConfig:
     """Sliding-window prediction of a whole scene (`tailings predict`)."""
 
     tile: int = 448  # must equal the side the model's serving_default accepts
-    # Pixels shared by neighbouring windows (blended: serving.predict.blend_weights). The
-    # default model on the scene mosaics, IoU by overlap 0/64/128/192: 0.220/0.237/0.243/0.236
-    # (benchmarks/results/shift.md, docs/framing.md).
-    overlap: int = 128
+    # Pixels shared by neighbouring windows (blended: components.blending, where the default's
+    # measurement is named; the pipeline's ScenePredictor blends eval sites with it too).
+    overlap: int = DEFAULT_OVERLAP
     threshold: float = 0.5  # probability at or above which a pixel is tailings
     batch_size: int = 4  # windows per model call / REST request
     timeout_seconds: float = 300.0  # one REST request

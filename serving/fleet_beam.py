@@ -46,7 +46,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 # Registers the Trainer's metric classes with Keras: Beam's handler loads the SavedModel with
 # Keras, which revives them (one warning per metric, per worker, if it cannot).
 import components.metrics  # noqa: F401
-from components.warmup import EXAMPLES_INPUT, PROBABILITIES, SERVING_DEFAULT, image_example
+from components.scene_predictor_lib import serving_default_probabilities
+from components.warmup import SERVING_DEFAULT
 from data.errors import TailingsError
 from serving.config import PredictConfig
 from serving.fleet import FleetOutputs, FleetPlan, FleetRecord, SceneJob
@@ -68,12 +69,11 @@ RECORDS = "records.jsonl"
 def serving_default_inference(
     model, batch: Sequence[np.ndarray], inference_args: dict, model_id: str | None = None
 ) -> list[PredictionResult]:
-    """Beam `inference_fn`: tiles [S, S, 3] -> probabilities [S, S] through `serving_default`."""
-    import tensorflow as tf
-
-    examples = tf.constant([image_example(tile) for tile in batch])
-    outputs = model.signatures[SERVING_DEFAULT](**{EXAMPLES_INPUT: examples})
-    probabilities = outputs[PROBABILITIES].numpy()[..., 0]
+    """Beam `inference_fn`: tiles [S, S, 3] -> probabilities [S, S] through `serving_default`
+    (the call the pipeline's ScenePredictor makes)."""
+    probabilities = serving_default_probabilities(
+        model.signatures[SERVING_DEFAULT], np.stack(list(batch))
+    )
     return [
         PredictionResult(tile, p, model_id) for tile, p in zip(batch, probabilities, strict=True)
     ]
@@ -109,7 +109,7 @@ class ReadWindows(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED_TAG, (name, str(err)))
             return
         try:
-            grid = Grid.of(src.height, src.width, self.cfg)
+            grid = Grid.of(src.height, src.width, self.cfg.tile, self.cfg.overlap)
             for k, _valid, strip in read_strips(src, Path(path), grid):
                 tiles = strip_tiles(strip, grid.cols, self.cfg.tile)
                 for j, tile in enumerate(tiles):

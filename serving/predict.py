@@ -1,10 +1,10 @@
 """Whole-scene prediction: sliding windows over a GeoTIFF of any size, blended, georeferenced.
 
-Windows of `tile` pixels step by `tile - overlap`; the last window of a row or column is aligned
-to the scene's edge, and scenes smaller than a tile are padded (mirrored). Each window's
-probabilities are weighted so that, inside an overlap, the window whose border is farther away
-answers (`blend_weights`: a cross-fade over the middle of the overlap), and every pixel is the
-weighted mean of the windows covering it, so no window's weak border shows as a seam.
+The windows and their blending are `components.blending`'s, the code path the pipeline's
+ScenePredictor uses to predict the eval sites the Evaluator scores: windows of `tile` pixels
+step by `tile - overlap`, the last one flush with the scene's edge, scenes smaller than a tile
+mirrored up to one; inside an overlap the window whose border is farther away answers (a
+cross-fade over the middle of the overlap), so no window's weak border shows as a seam.
 
 The model is called through `serving_default` with serialized tf.Examples, in-process
 (`LocalModel`) or through TF Serving's REST or gRPC API (`RemoteModel`; b64 instances in REST).
@@ -42,6 +42,17 @@ from typing import Protocol
 
 import numpy as np
 
+from components.blending import (
+    BLEND_MARGIN,  # noqa: F401 - re-exported: serving's names for the shared blending
+    EDGE_WEIGHT,  # noqa: F401
+    Grid,
+    StripBlender,
+    batches,
+    blend_weights,  # noqa: F401
+    pad_strip,
+    strip_tiles,
+    window_starts,  # noqa: F401
+)
 from components.warmup import (
     EXAMPLES_INPUT,
     PROBABILITIES,
@@ -168,54 +179,6 @@ class RemoteModel:
         except ServerError as err:
             raise PredictError(str(err)) from None
         return probabilities[..., 0]
-
-
-# --------------------------------------------------------------------------- windows
-def window_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Window offsets along one axis: every `stride`, the last one flush with the far edge."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-# Share of the overlap, at each window edge, that a neighbouring window answers instead: a
-# network is worst at its input's border (zero padding, context cut off). Two windows that
-# overlap by `overlap` cross-fade over the middle quarter of it, so each pixel of the overlap
-# is answered by a window that sees at least 3/8 * overlap pixels of context beyond it.
-BLEND_MARGIN = 3 / 8
-EDGE_WEIGHT = 1e-3  # not 0: a scene's own border is covered by one window only
-
-
-def blend_weights(tile: int, overlap: int) -> np.ndarray:
-    """[tile, tile] weights: 1 inside; across the `overlap` at each edge, ~0 for the outer
-    3/8 of it, a linear ramp over the middle quarter, 1 beyond.
-
-    A plain linear ramp over the whole overlap kept a seam: mid-overlap both windows answer
-    from near their borders, so any mix of the two is as wrong as either (measured with a
-    border-damped model: off by 0.31 at overlap 64; 0.007 with the margin at overlap 128).
-    """
-    if overlap == 0:
-        return np.ones((tile, tile), dtype=np.float32)
-    margin = int(BLEND_MARGIN * overlap)
-    fade = max(overlap - 2 * margin, 1)
-    ramp = np.clip((np.arange(tile) + 0.5 - margin) / fade, EDGE_WEIGHT, 1.0)
-    ramp = np.minimum(ramp, ramp[::-1])
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
-def _pad(strip: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Mirror-pad an [h, w, 3] strip up to [height, width, 3] (scenes smaller than a tile)."""
-    pad_h, pad_w = height - strip.shape[0], width - strip.shape[1]
-    if pad_h <= 0 and pad_w <= 0:
-        return strip
-    return np.pad(strip, ((0, max(pad_h, 0)), (0, max(pad_w, 0)), (0, 0)), mode="symmetric")
-
-
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 # --------------------------------------------------------------------------- input checks
@@ -524,40 +487,9 @@ def write_polygons(mask_path: Path, out: Path) -> int:
 
 
 # --------------------------------------------------------------------------- the scene
-@dataclass(frozen=True)
-class Grid:
-    """Where the windows of a scene start: `rows` x `cols` offsets (`window_starts`)."""
-
-    height: int
-    width: int
-    tile: int
-    overlap: int
-    rows: tuple[int, ...]
-    cols: tuple[int, ...]
-
-    @classmethod
-    def of(cls, height: int, width: int, cfg: PredictConfig) -> Grid:
-        return cls(
-            height,
-            width,
-            cfg.tile,
-            cfg.overlap,
-            tuple(window_starts(height, cfg.tile, cfg.stride)),
-            tuple(window_starts(width, cfg.tile, cfg.stride)),
-        )
-
-    @property
-    def windows(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-    def bottom(self, k: int) -> int:
-        """The first row of window row k+1 (or the scene's height): where strip k's rows end."""
-        return self.rows[k + 1] if k + 1 < len(self.rows) else self.height
-
-
 def scene_windows(height: int, width: int, cfg: PredictConfig) -> int:
     """How many windows `predict_scene` runs for a scene of this size (progress, ETA)."""
-    return Grid.of(height, width, cfg).windows
+    return Grid.of(height, width, cfg.tile, cfg.overlap).windows
 
 
 def read_strips(src, scene: Path, grid: Grid) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -567,7 +499,7 @@ def read_strips(src, scene: Path, grid: Grid) -> Iterator[tuple[int, np.ndarray,
     from rasterio.windows import Window
 
     nodata = src.nodata
-    padded_width = max(grid.width, grid.tile)
+    padded_width = grid.padded_width
     for k, top in enumerate(grid.rows):
         h = min(grid.tile, grid.height - top)
         try:
@@ -581,12 +513,7 @@ def read_strips(src, scene: Path, grid: Grid) -> Iterator[tuple[int, np.ndarray,
         if nodata is not None and not np.isnan(nodata):
             valid &= ~np.any(pixels == nodata, axis=0)
         strip = np.where(valid[..., None], np.moveaxis(pixels, 0, -1), 0.0).astype(np.float32)
-        yield k, valid, _pad(strip, grid.tile, padded_width)
-
-
-def strip_tiles(strip: np.ndarray, cols: Sequence[int], tile: int) -> np.ndarray:
-    """[len(cols), tile, tile, 3]: the windows starting at `cols` along a strip."""
-    return np.stack([strip[:, x : x + tile] for x in cols])
+        yield k, valid, pad_strip(strip, grid.tile, padded_width)
 
 
 def predict_scene(
@@ -609,7 +536,7 @@ def predict_scene(
 
     def run_model(_k: int, cols: Sequence[int], strip: np.ndarray) -> list[np.ndarray]:
         probabilities: list[np.ndarray] = []
-        for batch in _batches(list(cols), cfg.batch_size):
+        for batch in batches(list(cols), cfg.batch_size):
             probabilities.extend(model(strip_tiles(strip, batch, cfg.tile)))
             progress(len(batch))
         return probabilities
@@ -665,9 +592,7 @@ def _write_scene(
     src, scene, model_source, row_probabilities, out_mask, cfg, out_probabilities, outputs, say
 ) -> SceneResult:
     height, width, tile = src.height, src.width, cfg.tile
-    grid = Grid.of(height, width, cfg)
-    padded_width = max(width, tile)
-    weight = blend_weights(tile, cfg.overlap)
+    grid = Grid.of(height, width, cfg.tile, cfg.overlap)
 
     def strip_areas(top: int, bottom: int) -> np.ndarray:
         """Ground areas (m^2) of rows top..bottom-1, strip by strip: a scene's corners in
@@ -694,8 +619,7 @@ def _write_scene(
         )
         outputs.append(prob_out)
 
-    total = np.zeros((tile, padded_width), dtype=np.float64)
-    weights = np.zeros((tile, padded_width), dtype=np.float64)
+    blender = StripBlender(grid)
     for k, valid, strip in read_strips(src, scene, grid):
         probabilities = row_probabilities(k, grid.cols, strip)
         if len(probabilities) != len(grid.cols):
@@ -703,13 +627,9 @@ def _write_scene(
                 f"{scene}: {len(probabilities)} windows answered in row {k}, "
                 f"{len(grid.cols)} expected"
             )
-        for x, p in zip(grid.cols, probabilities, strict=True):
-            total[:, x : x + tile] += np.asarray(p, dtype=np.float64) * weight
-            weights[:, x : x + tile] += weight
-
+        probability = blender.add(k, probabilities)
         top, bottom = grid.rows[k], grid.bottom(k)
         done = bottom - top
-        probability = (total[:done, :width] / weights[:done, :width]).astype(np.float32)
         ok = valid[:done]
         tailings = (probability >= cfg.threshold) & ok
         mask = np.where(ok, tailings, MASK_NODATA).astype(np.uint8)
@@ -722,11 +642,6 @@ def _write_scene(
         result.valid_pixels += int(ok.sum())
         result.tailings_m2 += float((tailings * row_areas).sum())
         result.valid_m2 += float((ok * row_areas).sum())
-        # Slide the accumulators down to the next strip's first row.
-        total = np.roll(total, -done, axis=0)
-        weights = np.roll(weights, -done, axis=0)
-        total[tile - done :] = 0.0
-        weights[tile - done :] = 0.0
         say(f"  rows {top}..{bottom - 1} of {height} done")
 
     tags = {

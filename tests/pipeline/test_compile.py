@@ -27,7 +27,7 @@ DATAFLOW = [
     f"--sdk_container_image={IMAGE}",
 ]
 EXTRA = "--max_num_workers=20"  # after `--`: reaches the Beam steps unchanged
-# The pipeline's ten components, in the order create_pipeline lists them; the baseline
+# The pipeline's eleven components, in the order create_pipeline lists them; the baseline
 # resolver (no container) compiles into two resolver tasks.
 COMPONENTS = [
     nodes.EXAMPLE_GEN,
@@ -37,6 +37,7 @@ COMPONENTS = [
     nodes.VALIDATION_GATE,
     nodes.TRANSFORM,
     nodes.TRAINER,
+    nodes.SCENE_PREDICTOR,
     nodes.SCENE_EVALUATOR,
     nodes.TILE_EVALUATOR,
     nodes.PUSHER,
@@ -56,7 +57,8 @@ EDGES = [
     (nodes.EXAMPLE_VALIDATOR, nodes.VALIDATION_GATE),
     (nodes.VALIDATION_GATE, nodes.TRANSFORM),
     (nodes.TRANSFORM, nodes.TRAINER),
-    (nodes.TRAINER, nodes.SCENE_EVALUATOR),
+    (nodes.TRAINER, nodes.SCENE_PREDICTOR),
+    (nodes.SCENE_PREDICTOR, nodes.SCENE_EVALUATOR),
     (nodes.TRAINER, nodes.TILE_EVALUATOR),
     (nodes.SCENE_EVALUATOR, nodes.PUSHER),
 ]

@@ -52,8 +52,9 @@ KILL_POINTS = (
     nodes.STATISTICS_GEN,
     nodes.TRANSFORM,
     nodes.TRAINER,
-    nodes.SCENE_EVALUATOR,
+    nodes.SCENE_PREDICTOR,
     nodes.TILE_EVALUATOR,
+    nodes.SCENE_EVALUATOR,
     nodes.PUSHER,
 )
 # Where the first kill lands: a run killed here is far from its end (the Trainer alone takes

@@ -15,7 +15,7 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components import trainer_lib
+from components import blending, scene_predictor_lib, trainer_lib
 from components.config import ModelConfig, TrainConfig, TrainerConfig
 from components.example_gen import SCENE_LAYOUT_FILE
 from components.metrics import THRESHOLD
@@ -110,18 +110,50 @@ def test_scene_split_is_cut_from_the_eval_sites(first_run):
         assert total == pytest.approx(1.0) or total == 0.0
 
 
+def _scored(cfg, run, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(label, probabilities) of each example of a split, as its Evaluator scored them: the
+    eval tiles through the pushed model one by one; the scene windows from the ScenePredictor's
+    examples, which must hold the served model's blended prediction of each site."""
+    push = str(cfg.push_dir / "1")
+    if split == nodes.SCENE_SPLIT:
+        uri = run.artifact(nodes.SCENE_PREDICTOR, nodes.PREDICTIONS).uri
+        files = sorted(Path(uri, f"Split-{split}").glob("*"))
+        scored = {}
+        for record in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP"):
+            f = tf.train.Example.FromString(record.numpy()).features.feature
+            label = np.array(f[scene_predictor_lib.LABEL].float_list.value).reshape(TILE, TILE)
+            prob = np.array(f[scene_predictor_lib.PREDICTION].float_list.value).reshape(TILE, TILE)
+            scored[f["pair_id"].bytes_list.value[0].decode()] = (label, prob)
+        # One code path: the served model blended over each site gives the same numbers.
+        raw = overlays.read_examples(run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES).uri, split)
+        model, tile = scene_predictor_lib.load_window_model(push)
+        canvases = scene_predictor_lib.assemble_sites(raw.values())
+        for canvas in canvases:
+            blended = blending.blend_scene(canvas.image, model, tile, cfg.scene_overlap)
+            for window in canvas.windows:
+                pair_id = window.example["pair_id"].bytes_list.value[0].decode()
+                np.testing.assert_allclose(
+                    scored[pair_id][1], canvas.cut(blended, window), atol=1e-5
+                )
+        return scored
+    signature = tf.saved_model.load(push).signatures[trainer_lib.SERVING_DEFAULT]
+    examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
+    scored = {}
+    for pair_id, raw in overlays.read_examples(examples.uri, split).items():
+        mask = decode_pair(raw).site_label  # what the Evaluators score (TrainConfig.labels)
+        outputs = signature(**{trainer_lib.EXAMPLES_INPUT: tf.constant([raw])})
+        scored[pair_id] = (mask, outputs[trainer_lib.PROBABILITIES].numpy()[0, ..., 0])
+    return scored
+
+
 def test_per_tile_rows_match_numpy_on_the_models_predictions(first_run):
-    """TFMA's per-pair_id slices against numpy on the served model's own predictions."""
+    """TFMA's per-pair_id slices against numpy on the served model's own predictions (blended
+    over each site for the scene split, as `tailings predict` predicts a scene)."""
     cfg, summary = first_run
     run = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
-    examples = run.artifact(nodes.EXAMPLE_GEN, nodes.EXAMPLES)
-    signature = tf.saved_model.load(str(cfg.push_dir / "1")).signatures[trainer_lib.SERVING_DEFAULT]
     for split, evaluation in summary.evaluations.items():
         expected, wrong = {}, {}
-        for pair_id, raw in overlays.read_examples(examples.uri, split).items():
-            mask = decode_pair(raw).site_label  # what the Evaluators score (TrainConfig.labels)
-            outputs = signature(**{trainer_lib.EXAMPLES_INPUT: tf.constant([raw])})
-            prob = outputs[trainer_lib.PROBABILITIES].numpy()[0, ..., 0]
+        for pair_id, (mask, prob) in _scored(cfg, run, split).items():
             valid = mask != MASK_NODATA
             truth, predicted = valid & (mask == 1), valid & (prob > THRESHOLD)
             union = (truth | predicted).sum()
@@ -169,7 +201,9 @@ def test_second_run_is_cached_and_pushes_nothing_new(first_run):
     for node in ("ExampleGen", "StatisticsGen", "Transform", "Trainer", "TileEvaluator"):
         assert run.nodes[node].state == "CACHED", (node, run.nodes[node].state)
     # What the README says: the first run after a blessing evaluates the scene split once more,
-    # now with the blessed model (here: the same model) as the no-regression baseline ...
+    # now with the blessed model (here: the same model) as the no-regression baseline, whose
+    # blended predictions the ScenePredictor adds ...
+    assert run.nodes[nodes.SCENE_PREDICTOR].state == "COMPLETE"
     assert run.nodes[nodes.SCENE_EVALUATOR].state == "COMPLETE"
     # ... and the run after that reuses every component.
     third = run_pipeline(cfg, say=lambda _m: None)

@@ -39,8 +39,9 @@ FULL_RUN = (
     nodes.VALIDATION_GATE,
     nodes.TRANSFORM,
     nodes.TRAINER,
-    nodes.SCENE_EVALUATOR,
+    nodes.SCENE_PREDICTOR,
     nodes.TILE_EVALUATOR,
+    nodes.SCENE_EVALUATOR,
     nodes.PUSHER,
 )
 
@@ -172,8 +173,11 @@ def test_the_keys_and_metric_names_are_the_components_own():
     from components.example_gen import EXAMPLES_KEY, REPORT_KEY
     from components.facility_metrics import FACILITY_RECALL
     from components.metrics import IOU, PIXEL_ACCURACY
+    from components.scene_predictor import PREDICTIONS_KEY, SCHEMA_KEY, ScenePredictor
 
     assert (nodes.EXAMPLES, nodes.CONVERSION_REPORT) == (EXAMPLES_KEY, REPORT_KEY)
+    assert (nodes.PREDICTIONS, nodes.PREDICTION_SCHEMA) == (PREDICTIONS_KEY, SCHEMA_KEY)
+    assert set(ScenePredictor.SPEC_CLASS.OUTPUTS) == {PREDICTIONS_KEY, SCHEMA_KEY}
     assert (nodes.PIXEL_ACCURACY, nodes.IOU, nodes.FACILITY_RECALL) == (
         PIXEL_ACCURACY,
         IOU,

@@ -216,7 +216,7 @@ def test_a_stopped_fleet_leaves_a_summary_of_what_it_did(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
 
-    grid = Grid.of(90, 110, CFG)
+    grid = Grid.of(90, 110, CFG.tile, CFG.overlap)
     calls_per_scene = len(grid.rows) * math.ceil(len(grid.cols) / CFG.batch_size)
 
     class StopsAtTheThird(PixelModel):
