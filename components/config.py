@@ -20,8 +20,8 @@ LOSSES: tuple[str, ...] = ("bce", "bce_dice", "bce_batch_dice")
 Encoder = Literal["unet", "mobilenet_v2", "efficientnet_lite0"]
 LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-MosaicMode = Literal["none", "grid", "random"]
-MOSAIC_MODES: tuple[str, ...] = ("none", "grid", "random")
+MosaicMode = Literal["none", "grid", "random", "sites"]
+MOSAIC_MODES: tuple[str, ...] = ("none", "grid", "random", "sites")
 # The training label: "site", the union of the masks of the tile's site on its grid
 # (`data.sites`); "own", the tile's own mask, as the study trained (to reproduce it).
 Labels = Literal["site", "own"]
@@ -181,11 +181,18 @@ class TrainConfig:
     # scene split is built); out of fold it scored better on scene windows than on the same
     # pixels as centred tiles (0.43 vs 0.33, fold 0): facilities always sit half a tile from
     # a seam there, a cue real scenes do not have. See docs/model-history.md.
+    # "sites": no mosaic; each train site's tiles merged onto one grid (`data.sites`, site
+    # labels, no data outside its tiles) and windows drawn at random positions over it, as
+    # torchgeo's RandomGeoSampler draws from a georeferenced scene: real surroundings, no seams.
     mosaic: MosaicMode = "random"
     # Chance that a mosaic part is no data (reflectance 0, labelled background), as scene
     # edges and the scene split's empty cells are: the network learns that a no-data edge is
     # not tailings.
     mosaic_empty: float = 0.1
+    # "sites": the share of windows drawn where the site label holds no tailings (when the
+    # site has room for one); the others fall anywhere. Not tuned (the scene split's windows
+    # of real places: 15 of 32 hold no tailings).
+    site_background: float = 0.25
     # Side of the random training windows (from the mosaic, or from the tile); None: the tile.
     crop_size: int | None = None
     steps_per_epoch: int | None = None  # None: one pass over the train split (or TrainArgs)
@@ -233,6 +240,13 @@ class TrainConfig:
             raise ValueError(f"max_figures must be >= 0, got {self.max_figures}")
         if self.labels not in LABELS:
             raise ValueError(f"labels must be one of {LABELS}, got {self.labels!r}")
+        if not 0.0 <= self.site_background <= 1.0:
+            raise ValueError(f"site_background must be in [0, 1], got {self.site_background}")
+        if self.mosaic == "sites" and self.labels != "site":
+            raise ValueError(
+                'mosaic="sites" draws windows from merged sites, which have one label: it '
+                f'needs labels="site", got {self.labels!r}'
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

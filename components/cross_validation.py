@@ -199,6 +199,15 @@ def train_and_predict(
 
     def dataset(split: Split, training: bool) -> tf.data.Dataset:
         images = normalize(split.images, mean, std)
+        if training and config.train.mosaic == "sites":
+            # The run_fn's path: the tiles with their georeference, merged by site.
+            if len(split.pairs) != len(split.ids):
+                raise ValueError('mosaic="sites" needs the tiles\' GeoPairs (georeference)')
+            tiles = [
+                dataclasses.replace(pair, image=image.numpy(), mask=mask[..., 0].astype("uint8"))
+                for pair, image, mask in zip(split.pairs, images, split.masks, strict=True)
+            ]
+            return trainer_lib.batch_site_windows(tiles, config.train, nodata)
         pairs = tf.data.Dataset.from_tensor_slices((images, split.masks))
         return trainer_lib.batch_pairs(pairs, config.train, training=training, nodata_image=nodata)
 

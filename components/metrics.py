@@ -44,21 +44,38 @@ MEAN_TILE_IOU = "mean_tile_iou"
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def _per_example_mean(values: tf.Tensor) -> tf.Tensor:
-    """Mean over every axis but the batch axis: one loss value per example."""
-    return tf.reduce_mean(values, axis=tf.range(1, tf.rank(values)))
+def _per_example_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Weighted mean over every axis but the batch axis: one loss value per example."""
+    axes = tf.range(1, tf.rank(values))
+    return tf.reduce_sum(values * weights, axis=axes) / tf.maximum(
+        tf.reduce_sum(weights, axis=axes), 1.0
+    )
+
+
+def _valid_labels(y_true: tf.Tensor, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+    """(labels with `MASK_NODATA` pixels set to 0, 1/0 weights that drop those pixels).
+
+    Training windows drawn from merged sites (`TrainConfig.mosaic="sites"`) mark pixels where
+    no tile lies with `MASK_NODATA`: they count in no loss, as they count in no metric. Tiles
+    and mosaics have none, so for them the losses are the plain means.
+    """
+    y_true = tf.cast(y_true, dtype)
+    valid = tf.cast(tf.not_equal(y_true, float(MASK_NODATA)), dtype)
+    return y_true * valid, valid
 
 
 @keras.utils.register_keras_serializable(package=PACKAGE)
 def bce(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Pixel-wise binary cross-entropy, averaged per example -> [N]."""
-    y_true = tf.cast(y_true, y_pred.dtype)
-    return _per_example_mean(keras.backend.binary_crossentropy(y_true, y_pred))
+    """Pixel-wise binary cross-entropy, averaged per example over its pixels with data -> [N]."""
+    y_true, valid = _valid_labels(y_true, y_pred.dtype)
+    return _per_example_mean(keras.backend.binary_crossentropy(y_true, y_pred), valid)
 
 
 def _soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, axis: tf.Tensor | None) -> tf.Tensor:
-    """1 - soft Dice with the sums taken over `axis` (None: over everything)."""
-    y_true = tf.cast(y_true, y_pred.dtype)
+    """1 - soft Dice with the sums taken over `axis` (None: over everything), pixels with
+    data only."""
+    y_true, valid = _valid_labels(y_true, y_pred.dtype)
+    y_pred = y_pred * valid
     intersection = tf.reduce_sum(y_true * y_pred, axis=axis)
     total = tf.reduce_sum(y_true, axis=axis) + tf.reduce_sum(y_pred, axis=axis)
     return 1.0 - (2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)

@@ -27,6 +27,8 @@ import tf_keras as keras
 from components import metrics as metrics_lib
 from components.config import TrainConfig, TrainerConfig, with_hyperparameters
 from components.transform_lib import (
+    CRS_WKT_XF,
+    GEOTRANSFORM_XF,
     IMAGE_XF,
     MASK_XF,
     PAIR_ID_XF,
@@ -34,6 +36,7 @@ from components.transform_lib import (
     PIXEL_STD,
     RAW_INPUT_KEYS,
     SERVING_INPUT_KEYS,
+    SITE_ID_XF,
     label_key,
     normalize,
 )
@@ -175,6 +178,9 @@ def make_dataset(
     """(image_xf, label) batches from transformed gzip TFRecords; augmented if training. The
     label is the one `config.labels` names (the site label or the tile's own mask)."""
     label = label_key(config.labels)
+    if training and config.mosaic == "sites":
+        tiles = read_geo_tiles(patterns, feature_spec, label)
+        return batch_site_windows(tiles, config, nodata_image, repeat)
     spec = {key: feature_spec[key] for key in (IMAGE_XF, label)}
 
     def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -201,20 +207,152 @@ def batch_pairs(
     if config.cache:
         dataset = dataset.cache()
     if training:
-        seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+        if config.mosaic == "sites":
+            raise ValueError('mosaic="sites" trains on merged sites: use batch_site_windows')
         if config.mosaic != "none":
             dataset = mosaic_windows(dataset, config, nodata_image)
         else:
             dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed)
-        dataset = tf.data.Dataset.zip((dataset, seeds.batch(2))).map(
-            lambda pair, seed: augment(
-                pair[0], pair[1], seed, config, crop=config.mosaic == "none"
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        dataset = _augmented(dataset, config, crop=config.mosaic == "none")
+    return _batched(dataset, config, repeat)
+
+
+def _augmented(windows: tf.data.Dataset, config: TrainConfig, crop: bool) -> tf.data.Dataset:
+    """`augment` each (image, mask) with its own stateless seed."""
+    seeds = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip((windows, seeds.batch(2))).map(
+        lambda pair, seed: augment(pair[0], pair[1], seed, config, crop=crop),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def _batched(dataset: tf.data.Dataset, config: TrainConfig, repeat: bool) -> tf.data.Dataset:
     if repeat:
         dataset = dataset.repeat()
     return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# "sites": how far (a share of the window's side) a window may reach past its site's edge, so a
+# one-tile site still gives windows at many positions; the part past the edge is no data.
+SITE_OVERHANG = 1 / 4
+BACKGROUND_TRIES = 20  # positions tried for a tailings-free window before taking any
+
+
+def read_geo_tiles(patterns: Sequence[str], feature_spec: dict[str, Any], label: str) -> list:
+    """The transformed tiles with their georeference, as `data.pairs.GeoPair`s (normalised
+    image; `label` as the mask) for merging by site."""
+    from data.pairs import GeoPair
+
+    keys = (IMAGE_XF, label, PAIR_ID_XF, SITE_ID_XF, CRS_WKT_XF, GEOTRANSFORM_XF)
+    missing = [key for key in keys if key not in feature_spec]
+    if missing:
+        raise ValueError(f'mosaic="sites" needs the transformed features {missing}')
+    spec = {key: feature_spec[key] for key in keys}
+    tiles = []
+    for record in _records(patterns):
+        parsed = tf.io.parse_single_example(record, spec)
+        tiles.append(
+            GeoPair(
+                pair_id=parsed[PAIR_ID_XF].numpy().decode(),
+                image=parsed[IMAGE_XF].numpy(),
+                mask=(parsed[label].numpy()[..., 0] > 0.5).astype(np.uint8),
+                band_names=features.BAND_ORDER,
+                crs_wkt=parsed[CRS_WKT_XF].numpy().decode(),
+                epsg=0,
+                transform=tuple(float(v) for v in parsed[GEOTRANSFORM_XF].numpy()),
+                site_id=parsed[SITE_ID_XF].numpy().decode(),
+            )
+        )
+    return tiles
+
+
+class SiteWindowSampler:
+    """Random training windows over merged sites: what torchgeo's RandomGeoSampler does over
+    georeferenced scenes, in the pixels of each site's grid (torchgeo itself would bring
+    PyTorch and its own dataset classes for this one draw).
+
+    Each call yields one pass of `count` windows: a site drawn with probability proportional to
+    its pixels with data, then a position uniformly where the window lies within the site but
+    for at most `SITE_OVERHANG` of its side; with probability `background` the position is one
+    whose label holds no tailings (up to `BACKGROUND_TRIES` draws). Windows are [size, size, 3]
+    images (`fill` where no data) and [size, size, 1] labels (`MASK_NODATA` where no data, which
+    the losses and metrics skip). Pass k draws from numpy's generator seeded by (seed, k).
+    """
+
+    def __init__(self, sites, size: int, count: int, seed: int, background: float, fill):  # noqa: ANN001
+        self.size, self.count, self.seed, self.background = size, count, seed, background
+        self.images, self.labels = [], []
+        for site in sites:
+            nodata = site.label == features.MASK_NODATA
+            image = np.where(nodata[..., None], np.asarray(fill, np.float32), site.image)
+            self.images.append(image.astype(np.float32))
+            self.labels.append(site.label)
+        valid = np.array([(label != features.MASK_NODATA).sum() for label in self.labels], float)
+        self.weights = valid / valid.sum()
+        self.fill = np.asarray(fill, np.float32)
+        self.passes = 0
+
+    def _origin(self, rng: np.random.Generator, k: int) -> tuple[int, int]:
+        height, width = self.labels[k].shape
+        reach = int(self.size * SITE_OVERHANG)
+        y = rng.integers(-reach, max(height - self.size + reach, -reach) + 1)
+        x = rng.integers(-reach, max(width - self.size + reach, -reach) + 1)
+        return int(y), int(x)
+
+    def window(self, k: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+        size, image, label = self.size, self.images[k], self.labels[k]
+        out_image = np.broadcast_to(self.fill, (size, size, image.shape[-1])).copy()
+        out_label = np.full((size, size), features.MASK_NODATA, np.uint8)
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + size, label.shape[0]), min(x + size, label.shape[1])
+        if y1 > y0 and x1 > x0:
+            out_image[y0 - y : y1 - y, x0 - x : x1 - x] = image[y0:y1, x0:x1]
+            out_label[y0 - y : y1 - y, x0 - x : x1 - x] = label[y0:y1, x0:x1]
+        return out_image, out_label[..., None].astype(np.float32)
+
+    def __call__(self):
+        rng = np.random.default_rng([self.seed, self.passes])
+        self.passes += 1
+        for _ in range(self.count):
+            k = int(rng.choice(len(self.weights), p=self.weights))
+            tries = BACKGROUND_TRIES if rng.random() < self.background else 1
+            for _ in range(tries):
+                image, label = self.window(k, *self._origin(rng, k))
+                if not (label == 1).any():
+                    break
+            yield image, label
+
+
+def batch_site_windows(
+    tiles: Sequence[Any],
+    config: TrainConfig,
+    nodata_image: np.ndarray | None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Training batches for `mosaic="sites"`: `tiles` (GeoPairs: normalised images, the training
+    label as mask, georeference, site id) merged by site (`data.sites.merge_site`), one pass =
+    as many random windows (`SiteWindowSampler`) as there are tiles, augmented as any window."""
+    from data.sites import merge_site
+
+    if nodata_image is None:
+        raise ValueError('mosaic="sites" needs the normalised no-data value (nodata_image)')
+    by_site: dict[str, list] = {}
+    for tile in tiles:
+        by_site.setdefault(tile.site, []).append(tile)
+    sites = [merge_site(site, members) for site, members in sorted(by_site.items())]
+    size = config.crop_size or int(tiles[0].mask.shape[0])
+    bands = int(tiles[0].image.shape[-1])
+    sampler = SiteWindowSampler(
+        sites, size, len(tiles), config.seed, config.site_background, nodata_image
+    )
+    windows = tf.data.Dataset.from_generator(
+        sampler,
+        output_signature=(
+            tf.TensorSpec([size, size, bands], tf.float32),
+            tf.TensorSpec([size, size, 1], tf.float32),
+        ),
+    )
+    return _batched(_augmented(windows, config, crop=False), config, repeat)
 
 
 MOSAIC_TILES = 4  # a mosaic is 2 x 2 tiles (or parts of them)

@@ -23,6 +23,10 @@ PIXEL_MEAN = "pixel_mean"  # float32 [3], dataset per-band mean (same for every 
 PIXEL_STD = "pixel_std"  # float32 [3], dataset per-band sqrt(var + eps)
 PAIR_ID_XF = features.PAIR_ID  # passed through unchanged, to name figures and slices
 SITE_ID_XF = features.SITE_ID  # passed through unchanged
+# The georeference, passed through so the Trainer can merge a site's tiles onto one grid
+# (`TrainConfig.mosaic="sites"`).
+CRS_WKT_XF = features.CRS_WKT  # string
+GEOTRANSFORM_XF = features.TRANSFORM  # float32 [6], affine a, b, c, d, e, f
 # The transformed label of each `TrainConfig.labels` choice.
 LABEL_KEYS = {"own": MASK_XF, "site": SITE_MASK_XF}
 
@@ -106,4 +110,11 @@ def preprocessing_fn(
         outputs[PAIR_ID_XF] = _to_dense_vector(inputs[features.PAIR_ID])
     if features.SITE_ID in inputs:
         outputs[SITE_ID_XF] = _to_dense_vector(inputs[features.SITE_ID])
+    if features.CRS_WKT in inputs:
+        outputs[CRS_WKT_XF] = _to_dense_vector(inputs[features.CRS_WKT])
+    if features.TRANSFORM in inputs:
+        geotransform = inputs[features.TRANSFORM]
+        if isinstance(geotransform, tf.SparseTensor):
+            geotransform = tf.sparse.to_dense(geotransform)
+        outputs[GEOTRANSFORM_XF] = tf.reshape(geotransform, [-1, 6])
     return outputs

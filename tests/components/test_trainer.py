@@ -514,3 +514,103 @@ def test_finish_training_recalibrates_on_at_most_the_capped_batches() -> None:
     norm.moving_mean.assign([7.0])
     TL.finish_training(model, TrainConfig(ema_momentum=None), dataset)  # no average: untouched
     np.testing.assert_allclose(norm.moving_mean.numpy(), [7.0])
+
+
+# --- mosaic="sites": windows drawn over merged sites ----------------------------------------
+
+
+def _site_tiles(size: int = 16):
+    """Two tiles of one site (overlapping, 6 pixels apart) and a tile of another site."""
+    from data.pairs import GeoPair
+    from data.sites import shifted
+
+    origin = (10.0, 0.0, 500000.0, 0.0, -10.0, 7000000.0)
+    wkt = synthetic.UTM_23S_WKT.decode()
+    tiles = []
+    for pair_id, site, (rows, cols), value in (
+        ("a", "site-a", (0, 0), 1.0),
+        ("b", "site-a", (6, 6), 2.0),
+        ("c", "site-c", (0, 500), 3.0),
+    ):
+        image = np.full((size, size, 3), value, np.float32)
+        mask = np.zeros((size, size), np.uint8)
+        mask[2:6, 2:6] = 1
+        tiles.append(
+            GeoPair(
+                pair_id,
+                image,
+                mask,
+                F.BAND_ORDER,
+                wkt,
+                0,
+                shifted(origin, rows=rows, cols=cols),
+                site_id=site,
+            )
+        )
+    return tiles
+
+
+def test_site_windows_come_from_merged_sites_and_mark_no_data() -> None:
+    from data.sites import merge_site
+
+    tiles = _site_tiles()
+    sites = [merge_site("site-a", tiles[:2]), merge_site("site-c", tiles[2:])]
+    assert sites[0].label.shape == (22, 22)  # two 16-px tiles 6 px apart, one grid
+    sampler = TL.SiteWindowSampler(sites, size=16, count=50, seed=1, background=0.0, fill=NODATA)
+    windows = list(sampler())
+    assert len(windows) == 50  # one pass
+    reach = int(16 * TL.SITE_OVERHANG)
+    for image, label in windows:
+        nodata = label[..., 0] == F.MASK_NODATA
+        np.testing.assert_array_equal(image[nodata], np.broadcast_to(NODATA, image[nodata].shape))
+        assert set(np.unique(image[~nodata][:, 0])) <= {1.0, 2.0, 3.0}
+        # within the site but for the overhang: each side keeps at least 16 - 2 * reach pixels
+        assert (~nodata).any(axis=1).sum() >= 16 - 2 * reach
+    values = set()
+    for image, label in windows:
+        values |= set(np.unique(image[label[..., 0] != F.MASK_NODATA][:, 0]).tolist())
+    assert values == {1.0, 2.0, 3.0}  # both sites drawn, and both tiles of the first
+    again = list(TL.SiteWindowSampler(sites, 16, 50, 1, 0.0, NODATA)())
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(windows, again, strict=True))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(windows, sampler(), strict=True))
+
+
+def test_site_background_windows_hold_no_tailings_where_there_is_room() -> None:
+    from data.sites import merge_site
+
+    tiles = _site_tiles(size=32)  # tailings in 4 x 4 of 32 x 32: room for a window without
+    sites = [merge_site("site-c", tiles[2:])]
+    sampler = TL.SiteWindowSampler(sites, size=16, count=40, seed=3, background=1.0, fill=NODATA)
+    assert not any((label == 1).any() for _image, label in sampler())
+    anywhere = TL.SiteWindowSampler(sites, 16, 40, 3, 0.0, NODATA)
+    assert any((label == 1).any() for _image, label in anywhere())
+
+
+def test_losses_skip_no_data_pixels() -> None:
+    rng = np.random.default_rng(0)
+    y_true = (rng.random((2, 8, 8, 1)) > 0.7).astype(np.float32)
+    y_pred = rng.uniform(0.05, 0.95, (2, 8, 8, 1)).astype(np.float32)
+    marked = y_true.copy()
+    marked[:, :, 5:] = F.MASK_NODATA
+    for loss in (M.bce, M.bce_dice, M.bce_batch_dice):
+        left = loss(tf.constant(y_true[:, :, :5]), tf.constant(y_pred[:, :, :5])).numpy()
+        np.testing.assert_allclose(
+            loss(tf.constant(marked), tf.constant(y_pred)).numpy(), left, rtol=1e-5
+        )
+        whole = loss(tf.constant(y_true), tf.constant(y_pred)).numpy()
+        assert not np.allclose(whole, left)
+
+
+def test_site_windows_train_through_run_fn(tmp_path, transform_run) -> None:
+    config = dataclasses.replace(
+        TINY, train=dataclasses.replace(TINY.train, mosaic="sites", crop_size=None)
+    )
+    fn_args = _run_fn(tmp_path, transform_run, config)
+    history = json.loads(Path(fn_args.model_run_dir, TL.HISTORY_FILE).read_text())
+    assert len(history["loss"]) == EPOCHS and all(np.isfinite(history["loss"]))
+    assert Path(fn_args.serving_model_dir, "saved_model.pb").is_file()
+
+
+def test_site_windows_need_site_labels() -> None:
+    with pytest.raises(ValueError, match='needs labels="site"'):
+        TrainConfig(mosaic="sites", labels="own")

@@ -64,7 +64,10 @@ def test_transformed_schema_has_fixed_tile_shapes(transform_run, transform_confi
     assert spec[T.IMAGE_XF].shape == [tile, tile, 3]
     assert spec[T.MASK_XF].shape == spec[T.SITE_MASK_XF].shape == [tile, tile, 1]
     assert spec[T.PIXEL_MEAN].shape == spec[T.PIXEL_STD].shape == [3]
+    assert spec[T.GEOTRANSFORM_XF].shape == [6]  # the georeference, for merging sites
     assert set(spec) == {
+        T.CRS_WKT_XF,
+        T.GEOTRANSFORM_XF,
         T.IMAGE_XF,
         T.MASK_XF,
         T.SITE_MASK_XF,
