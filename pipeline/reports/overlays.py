@@ -1,9 +1,10 @@
 """Error maps for the run report: each evaluated tile's RGB with its wrong pixels coloured.
 
 TFMA gives per-tile numbers but keeps no per-pixel predictions, so the report predicts the
-evaluated examples again with the run's own model (its `serving_default` signature, as TF
-Serving would) and colours false positives and false negatives over the RGB. Drawn with numpy:
-one small PNG per example, ordered like the TFMA table (worst first).
+eval tiles again with the run's own model (its `serving_default` signature, as TF Serving
+would), takes the scene windows' blended predictions from the ScenePredictor's examples (what
+the scene Evaluator scored), and colours false positives and false negatives over the RGB.
+Drawn with numpy: one small PNG per example, ordered like the TFMA table (worst first).
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ def read_examples(examples_uri: str, split: str) -> dict[str, bytes]:
 
 
 def error_maps(
-    model_dir: str, examples: dict[str, bytes], order: Sequence[str]
+    model_dir: str, examples: dict[str, bytes], order: Sequence[str], labels: str = "site"
 ) -> Iterable[tuple[str, bytes]]:
-    """(pair id, PNG) for every id of `order` found in `examples`, predicted in batches."""
+    """(pair id, PNG) for every id of `order` found in `examples`, predicted in batches and
+    compared with the label the Evaluator scored (`labels`: the site label or the own mask)."""
     import tensorflow as tf
 
     from components import trainer_lib
-    from data.examples import decode_arrays
+    from data.examples import decode_pair
 
     signature = tf.saved_model.load(model_dir).signatures[trainer_lib.SERVING_DEFAULT]
     ids = [pid for pid in order if pid in examples]
@@ -91,6 +93,35 @@ def error_maps(
         )
         probabilities = outputs[trainer_lib.PROBABILITIES].numpy()[..., 0]
         for pid, prob in zip(batch, probabilities, strict=True):
-            _, image, mask = decode_arrays(examples[pid])
-            rgb = trainer_lib.to_display_rgb(image)
+            pair = decode_pair(examples[pid])
+            mask = pair.site_label if labels == "site" else pair.mask
+            rgb = trainer_lib.to_display_rgb(pair.image)
             yield pid, png(thumbnail(error_rgb(rgb, mask, prob)))
+
+
+def blended_error_maps(
+    predictions_uri: str, split: str, examples: dict[str, bytes], order: Sequence[str]
+) -> Iterable[tuple[str, bytes]]:
+    """(pair id, PNG) for the scene windows as the scene Evaluator scored them: the
+    ScenePredictor's blended prediction and label (`components.scene_predictor_lib`), over
+    the window's pixels from ExampleGen; no model runs."""
+    import tensorflow as tf
+
+    from components import scene_predictor_lib as lib
+    from components import trainer_lib
+    from data.examples import decode_arrays
+
+    files = sorted(glob.glob(os.path.join(predictions_uri, f"Split-{split}", "*")))
+    scored = {}
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        scored[feature["pair_id"].bytes_list.value[0].decode()] = feature
+    for pid in order:
+        if pid not in scored or pid not in examples:
+            continue
+        _, image, _ = decode_arrays(examples[pid])
+        shape = image.shape[:2]
+        label = np.asarray(scored[pid][lib.LABEL].float_list.value).reshape(shape)
+        prob = np.asarray(scored[pid][lib.PREDICTION].float_list.value).reshape(shape)
+        rgb = trainer_lib.to_display_rgb(image)
+        yield pid, png(thumbnail(error_rgb(rgb, label.astype(np.uint8), prob)))

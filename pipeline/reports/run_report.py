@@ -87,12 +87,30 @@ def _error_maps(run: metadata.RunRecord, s: RunSummary) -> dict[str, list[tuple[
     model_dir = path_utils.serving_model_path(model.uri) if model is not None else ""
     if examples is None or not os.path.isdir(model_dir):
         return {}
+    predictions = run.artifact(nodes.SCENE_PREDICTOR, nodes.PREDICTIONS)
+    labels = _trained_labels(run)
     maps = {}
     for split, evaluation in s.evaluations.items():
         order = [row.pair_id for row in evaluation.tiles]
         found = overlays.read_examples(examples.uri, split)
-        maps[split] = list(overlays.error_maps(model_dir, found, order))
+        if split == nodes.SCENE_SPLIT and predictions is not None:
+            maps[split] = list(overlays.blended_error_maps(predictions.uri, split, found, order))
+        else:
+            maps[split] = list(overlays.error_maps(model_dir, found, order, labels))
     return maps
+
+
+def _trained_labels(run: metadata.RunRecord) -> str:
+    """The labels the run's Trainer learned and its Evaluators scored (`TrainConfig.labels`),
+    from the config it wrote beside its model; "site" when it wrote none."""
+    from components import trainer_lib
+    from components.config import TrainerConfig
+
+    model_run = run.artifact(nodes.TRAINER, nodes.MODEL_RUN)
+    path = Path(model_run.uri, trainer_lib.CONFIG_FILE) if model_run is not None else None
+    if path is None or not path.exists():
+        return "site"
+    return TrainerConfig.from_custom_config(json.loads(path.read_text())).train.labels
 
 
 def _verdict(s: RunSummary) -> tuple[str, str]:

@@ -59,3 +59,8 @@ def test_report_reads_outcome_training_and_figures(pipeline_run):
     assert all(png.startswith(PNG_MAGIC) for _, png in report.figures)
     nodes = [n.node_id for n in report.nodes]
     assert nodes[0] in ("ExampleGen", "ImportSchemaGen") and "Pusher" in nodes
+    # An error map for every example each Evaluator scored (the scene windows from the
+    # ScenePredictor's blended predictions), worst first as in the tables.
+    for split, evaluation in report.summary.evaluations.items():
+        assert [pid for pid, _ in report.error_maps[split]] == [r.pair_id for r in evaluation.tiles]
+        assert all(png.startswith(PNG_MAGIC) for _, png in report.error_maps[split])
