@@ -19,7 +19,9 @@ marking the middle of the window. This measures how much of its score that is:
 - **scene windows**: the pipeline's `scene` split built in memory from the same eval tiles
   (`data.scenes.plan_mosaics` + `cut_windows`): pooled IoU, pixel accuracy and all-background
   accuracy over valid pixels (mask != `MASK_NODATA`), and the number of windows (checked
-  against what the pipeline writes for the study data, `STUDY_SCENE_WINDOWS`);
+  against `STUDY_SCENE_WINDOWS` on the shared data). Since sites, the pipeline's scene split
+  is each eval site merged (`data.scenes.scene_windows`); these tile mosaics are kept here to
+  measure window placement alone, comparable with the figures before sites;
 - **whole mosaics by overlap** (`--overlaps`, default 0,64,128; "" skips it): the same
   mosaics, each written whole as a GeoTIFF and predicted by `serving.predict.predict_scene`
   with `LocalModel.open(DIR)`: the code `tailings predict --model DIR` runs, sliding windows
@@ -66,7 +68,9 @@ DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # (rows, columns)
 RATIOS = (128, 224)  # reported as IoU(d) / IoU(0)
 THRESHOLD = 0.5
 BATCH = 4
-STUDY_SCENE_WINDOWS = 29  # what the pipeline's ExampleGen writes for the study's eval pairs
+# The tile mosaics of the shared data's 11 eval tiles (by-site split) cut into 19 windows (29 from
+# the 17 eval tiles of the data before sites, when the pipeline's scene split was these mosaics).
+STUDY_SCENE_WINDOWS = 19
 QUIET_LOAD_PER_CPU = 0.25  # 1-minute load average per CPU below which the machine was quiet
 OVERLAPS = (0, 64, 128)  # `tailings predict --overlap` values scored on whole mosaics
 # Any valid georeference will do (only pixels are scored): UTM 23S, 10 m pixels, near the study.
@@ -483,8 +487,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help=f"fail unless the scene split has N windows (default: {STUDY_SCENE_WINDOWS}, what "
-        "the pipeline writes, when --data is the study's folder; else no check)",
+        help=f"fail unless the tile mosaics have N windows (default: {STUDY_SCENE_WINDOWS} "
+        "when --data is the shared study folder; else no check)",
     )
     args = p.parse_args(argv)
     if args.expect_scene_windows is None and args.data.resolve() == DEFAULT_DATA.resolve():
@@ -532,8 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     expected = args.expect_scene_windows
     if expected is not None and len(windows) != expected:
         print(
-            f"error: {len(windows)} scene windows, the pipeline writes {expected} for this data: "
-            "the in-memory scene split no longer matches the pipeline's",
+            f"error: {len(windows)} mosaic windows, {expected} expected for this data: "
+            "the mosaics no longer match the ones measured before",
             file=sys.stderr,
         )
         return 1
