@@ -42,17 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
-from components.blending import (
-    BLEND_MARGIN,  # noqa: F401 - re-exported: serving's names for the shared blending
-    EDGE_WEIGHT,  # noqa: F401
-    Grid,
-    StripBlender,
-    batches,
-    blend_weights,  # noqa: F401
-    pad_strip,
-    strip_tiles,
-    window_starts,  # noqa: F401
-)
+from components.blending import Grid, StripBlender, batches, pad_strip, strip_tiles
 from components.warmup import (
     EXAMPLES_INPUT,
     PROBABILITIES,

@@ -217,7 +217,7 @@ def test_whole_mosaic_at_overlap_0_is_cut_into_the_scene_windows(eval_tiles, tmp
 
 
 def test_predict_by_overlap_scores_the_whole_mosaics(eval_tiles, tmp_path) -> None:
-    from serving.predict import window_starts
+    from components.blending import window_starts
 
     mosaics, tiles = cross_validation.mosaic_plan(eval_tiles)
     out = shift.predict_by_overlap(PixelModel(), mosaics, tiles, (0, 2, 4), 3, tmp_path)

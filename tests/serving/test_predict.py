@@ -14,19 +14,17 @@ from rasterio.transform import Affine, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scipy import ndimage
 
+from components.blending import EDGE_WEIGHT, blend_weights, window_starts
 from data.geo import pixel_areas
 from serving.config import PredictConfig
 from serving.predict import (
-    EDGE_WEIGHT,
     LocalModel,
     PredictError,
     RemoteModel,
-    blend_weights,
     find_version_dir,
     inspect_scene,
     predict_scene,
     resolution_warning,
-    window_starts,
 )
 from tests.fixtures.geotiffs import PIXEL_DEGREES, scene, write_geotiff
 from tests.fixtures.pipeline import TILE
