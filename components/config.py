@@ -59,7 +59,7 @@ class ModelConfig:
 
     # ImageNet features fine-tuned beat a scratch encoder on 73 tiles: out-of-fold IoU 0.66
     # vs 0.34 on the same fold with MobileNetV2; EfficientNet-Lite0 (75% ImageNet top-1 vs
-    # 72%) then beat MobileNetV2 at the same training time (see the README's quality section).
+    # 72%) then beat MobileNetV2 at the same training time (see docs/model-history.md).
     encoder: Encoder = "efficientnet_lite0"
     pretrained: bool = True  # ImageNet weights for the encoder (components/pretrained.py)
     decoder_widths: tuple[int, ...] = (128, 64, 48, 32)  # pretrained encoders' decoder, deep first
@@ -160,17 +160,17 @@ class TrainConfig:
     early_stopping_patience: int = 12  # epochs without val_loss improvement
     # Export an exponential moving average of the weights (None: the last/best weights). With
     # ~18 steps per epoch, single-epoch weights swing the eval IoU by +-0.05 from epoch to
-    # epoch; the average of the last ~100 steps does not (measured: see the README).
+    # epoch; the average of the last ~100 steps does not (measured: docs/model-history.md).
     ema_momentum: float | None = 0.99
     augment_flip: bool = True  # random left-right and up-down flips
     augment_rot90: bool = True  # random multiples of 90 degrees
     # Std of a random per-band log-gain and offset applied to the normalised image (0: off).
     # Tile-to-tile spread of the band means is ~0.45 std here; 0.2 raised the out-of-fold IoU
     # from 0.569 to 0.590, one run each: within the ~0.03 seed-to-seed spread measured later
-    # (see the README's quality section).
+    # (see docs/model-history.md).
     augment_color: float = 0.2
     # Random zoom by exp(U(-s, s)) before cropping (0: off); 0.3 spans 0.74x-1.35x. Out of
-    # fold 0.3 scored 0.572 vs 0.603 without (measured: see the README's quality section).
+    # fold 0.3 scored 0.572 vs 0.603 without (measured: docs/model-history.md).
     augment_scale: float = 0.0
     # How training windows are made from the tiles. The study's tiles are centred on a
     # facility; on whole tiles ("none") the network learned "tailings sit mid-tile" (IoU 0

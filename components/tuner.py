@@ -10,7 +10,7 @@ own distributed mode, the mechanism that spreads trials over a cluster:
   run TFX's own `search()` loop: ask the chief for values, train, report the score;
 - each is `python -m components.tuner SPEC` with TFX's inputs and properties in SPEC, so a
   worker on another machine is the same command with the environment pointing at the chief
-  (README: "Trials on other machines"). Each process logs to `<tuner_results>/<id>.log`.
+  (docs/pipeline.md: "Trials on other machines"). Each process logs to `<tuner_results>/<id>.log`.
 
 TensorFlow in each worker gets `cores / workers` threads (TF_NUM_INTRAOP_THREADS), unless
 the environment sets them. When a worker or the chief fails, the others are stopped and the
@@ -110,8 +110,8 @@ def search_in_parallel(
             },
             f,
         )
-    # The user's own KERASTUNER_ORACLE_IP / _PORT let workers on other machines join (README:
-    # "Trials on other machines"); then the chief may also wait for them.
+    # The user's own KERASTUNER_ORACLE_IP / _PORT let workers on other machines join
+    # (docs/pipeline.md: "Trials on other machines"); then the chief may also wait for them.
     shared = "KERASTUNER_ORACLE_IP" in os.environ
     env = {
         **os.environ,

@@ -233,7 +233,7 @@ def build_pretrained_unet(config: ModelConfig, input_shape: Shape = (None, None,
     """U-Net decoder on an ImageNet-pretrained encoder (MobileNetV2 or EfficientNet-Lite0).
 
     On 73 training tiles a scratch encoder cannot learn good features; ImageNet's edges and
-    textures transfer to 10 m imagery (measured: see the README's quality section).
+    textures transfer to 10 m imagery (measured: docs/model-history.md).
     """
     inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
     x = inputs

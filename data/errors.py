@@ -8,7 +8,7 @@ tailings) so every layer can raise it without importing the command line.
 
 from __future__ import annotations
 
-# Exit codes every verb shares (the README's "Exit codes" lists them all).
+# Exit codes every verb shares (the README's exit code table lists them all).
 EXIT_OK = 0
 EXIT_FAILED = 1  # bad input, or the job produced nothing
 EXIT_USAGE = 2  # argparse: unknown flag, missing argument

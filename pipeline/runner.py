@@ -37,8 +37,9 @@ from pipeline.tuning import Search, read_search, search_lines
 if TYPE_CHECKING:
     from pipeline.evaluation import SplitEvaluation
 
-# Exit codes of `tailings run` (documented in the README); data anomalies stop a run with
-# `data.errors.EXIT_ANOMALIES` (4), the code `tailings stats --compare` gives drift too.
+# Exit codes of `tailings run` (the README's exit code table; docs/pipeline.md); data
+# anomalies stop a run with `data.errors.EXIT_ANOMALIES` (4), the code `tailings stats
+# --compare` gives drift too.
 EXIT_BLESSED = 0
 EXIT_ERROR = 1
 EXIT_NOT_BLESSED = 3

@@ -97,7 +97,8 @@ def _convert(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise CliError(f"--labels {args.labels}: no such file")
     if beam_args:  # Beam's own checks (Beam's import only), before TensorFlow and the job
         # Any runner, Dataflow too: its workers must be able to read --images and --masks
-        # (README, "Running the conversion elsewhere"), which cannot be checked from here.
+        # (docs/conversion.md, "Running the conversion elsewhere"), which cannot be checked
+        # from here.
         _check_beam_args(beam_args, local=None)
     excluded = _exclusions(args.images, args.masks, args.labels or args.images.resolve().parent)
     check_writable(args.output, "--output")  # a local folder; gs://... is left to Beam

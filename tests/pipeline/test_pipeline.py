@@ -200,8 +200,8 @@ def test_second_run_is_cached_and_pushes_nothing_new(first_run):
     run = metadata.load_run(store, second.run_id)
     for node in ("ExampleGen", "StatisticsGen", "Transform", "Trainer", "TileEvaluator"):
         assert run.nodes[node].state == "CACHED", (node, run.nodes[node].state)
-    # What the README says: the first run after a blessing evaluates the scene split once more,
-    # now with the blessed model (here: the same model) as the no-regression baseline, whose
+    # What docs/pipeline.md says: the first run after a blessing evaluates the scene split once
+    # more, now with the blessed model (here: the same model) as the no-regression baseline, whose
     # blended predictions the ScenePredictor adds ...
     assert run.nodes[nodes.SCENE_PREDICTOR].state == "COMPLETE"
     assert run.nodes[nodes.SCENE_EVALUATOR].state == "COMPLETE"
