@@ -55,11 +55,56 @@ def load(data: Path) -> tuple[Split, Split]:
     return load_splits(data, load_exclusions(data))
 
 
-def train_and_predict(train: Split, held_out: Split, config, scene: Split | None = None):  # noqa: ANN001
+def train_and_predict(  # noqa: ANN201
+    train: Split,
+    held_out: Split,
+    config,  # noqa: ANN001
+    scene: Split | None = None,
+    sites=(),  # noqa: ANN001
+):
     """`cross_validation.train_and_predict` as this script reads it: (held-out probabilities by
-    test-time augmentation mode, seconds, epochs, scene probabilities or None)."""
-    fold = cross_validation.train_and_predict(train, held_out, config, scene)
-    return fold.held_out, fold.seconds, fold.epochs, fold.scene
+    test-time augmentation mode, seconds, epochs, scene probabilities or None, blended
+    probabilities of the merged `sites` by site id)."""
+    fold = cross_validation.train_and_predict(train, held_out, config, scene, sites=sites)
+    return fold.held_out, fold.seconds, fold.epochs, fold.scene, fold.sites
+
+
+def site_scores(blended: list[tuple]) -> dict[str, dict[str, float]]:
+    """Scores of whole blended sites at every threshold in THRESHOLDS: pixel metrics pooled
+    over the sites' pixels with data, and facility recall and precision counted per whole site
+    (`facility_metrics.analyse_tile` on each site's raster with its geodesic pixel areas;
+    the scene Evaluator counts per window, which cuts a facility at window edges).
+    `blended`: (site raster, [H, W] probabilities) pairs."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from components.facility_metrics import analyse_tile
+    from data.geo import pixel_areas
+
+    probabilities = np.concatenate([p.ravel() for _, p in blended])
+    labels = np.concatenate([site.label.ravel() for site, _ in blended])  # 0/1/MASK_NODATA
+    areas = [
+        pixel_areas(Affine(*site.transform), CRS.from_wkt(site.crs_wkt), *site.label.shape)
+        for site, _ in blended
+    ]
+    out = {}
+    for t in THRESHOLDS:
+        pixels = cross_validation.pixel_scores(probabilities, labels, t)
+        found = labelled = confirmed = predicted = 0
+        for (site, p), m2 in zip(blended, areas, strict=True):
+            a = analyse_tile(
+                site.label, p, threshold=t, pixel_m2=np.broadcast_to(m2, p.shape), regions=True
+            )
+            found += a.found_facilities
+            labelled += a.labelled_facilities
+            confirmed += a.confirmed_regions
+            predicted += a.predicted_regions
+        pixels["facility_recall"] = found / max(labelled, 1)
+        pixels["facility_precision"] = confirmed / max(predicted, 1)
+        pixels["facilities"] = labelled
+        pixels["predicted_regions"] = predicted
+        out[f"{t:.2f}"] = pixels
+    return out
 
 
 def scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, float]]:
@@ -144,6 +189,36 @@ def markdown(result: dict) -> str:
         lines.append(row(f"**scene split ({sc['windows']} windows)**", sc["scores"], "0.50"))
         background = sc["all_background_accuracy"]
         lines.append(f"| scene split: all-background baseline | - | 0 | 0 | {background:.3f} |")
+    cv = result.get("cross_validation", {})
+    if "blended_sites" in cv:
+        lines += [
+            "",
+            f"## Held-out sites whole, blended ({cv['sites']} sites, out of fold by site)",
+            "",
+            "Each held-out site merged onto one grid (its tiles' union as the label) and "
+            "predicted as `tailings predict` predicts a scene (windows blended, overlap 128); "
+            "facilities counted per whole site. All-background pixel accuracy "
+            f"{cv['sites_all_background_accuracy']:.4f}.",
+            "",
+            "| predicted | threshold | IoU | pixel accuracy | facility recall | "
+            "facility precision | facilities / predicted regions |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        def site_row(name: str, m: dict, threshold: str) -> str:
+            return (
+                f"| {name} | {threshold} | {m['iou']:.3f} | {m['pixel_accuracy']:.4f} | "
+                f"{m['facility_recall']:.2f} | {m['facility_precision']:.2f} | "
+                f"{m['facilities']} / {m['predicted_regions']} |"
+            )
+
+        for fold in result["folds"]:
+            if "blended_site_scores" in fold:
+                for t in ("0.50", "0.70"):
+                    name = f"fold {fold['fold']} ({fold['sites']} sites)"
+                    lines.append(site_row(name, fold["blended_site_scores"][t], t))
+        for t in cv["blended_sites"]:
+            lines.append(site_row("**all held-out sites**", cv["blended_sites"][t], t))
     return "\n".join(lines) + "\n"
 
 
@@ -213,20 +288,26 @@ def main(argv: list[str] | None = None) -> int:
         folds = folds_of(train, args.folds)
         out_of_fold: dict[str, np.ndarray] = {}
         scene_probabilities, scene_masks = [], []
+        blended: list[tuple] = []  # (merged held-out site, its blended probabilities)
         result["folds"] = []
         for k in range(args.folds):
             held = folds == k
             # The held-out fold's tiles also as the scene split is made of eval tiles.
             scene = scene_windows(subset(train, held))
-            by_mode, seconds, epochs, on_scene = train_and_predict(
-                subset(train, ~held), subset(train, held), config, scene
+            # ... and each held-out site whole, predicted as `tailings predict` predicts a scene.
+            sites = cross_validation.merged_sites(subset(train, held))
+            by_mode, seconds, epochs, on_scene, on_sites = train_and_predict(
+                subset(train, ~held), subset(train, held), config, scene, sites
             )
+            fold_blended = [(site, on_sites[site.site_id]) for site in sites]
+            blended += fold_blended
             for mode, probabilities in by_mode.items():
                 out_of_fold.setdefault(mode, np.zeros_like(train.masks))[held] = probabilities
             scene_probabilities.append(on_scene[own])
             scene_masks.append(scene.masks)
             fold_scores = scores(by_mode[own], train.masks[held])
             fold_scene = scores(on_scene[own], scene.masks)
+            fold_sites = site_scores(fold_blended)
             result["folds"].append(
                 {
                     "fold": k,
@@ -236,13 +317,16 @@ def main(argv: list[str] | None = None) -> int:
                     "scores": fold_scores,
                     "scene_windows": len(scene.ids),
                     "scene_scores": fold_scene,
+                    "sites": len(sites),
+                    "blended_site_scores": fold_sites,
                 }
             )
             fold_tta = {m: scores(p, train.masks[held])["0.50"]["iou"] for m, p in by_mode.items()}
             print(
                 f"fold {k}: {held.sum()} pairs, IoU@0.5 {fold_scores['0.50']['iou']:.3f} "
                 f"(by test-time augmentation: {json.dumps(fold_tta)}); {len(scene.ids)} scene "
-                f"windows IoU@0.5 {fold_scene['0.50']['iou']:.3f}; {seconds:.0f} s, "
+                f"windows IoU@0.5 {fold_scene['0.50']['iou']:.3f}; {len(sites)} sites blended "
+                f"IoU@0.5 {fold_sites['0.50']['iou']:.3f}; {seconds:.0f} s, "
                 f"{epochs} epochs",
                 flush=True,
             )
@@ -253,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
                 ids=np.array(train.ids),
                 masks=train.masks.astype(np.uint8),
                 **{mode: p.astype(np.float16) for mode, p in out_of_fold.items()},
+            )
+            sites_path = args.save_predictions.with_name(args.save_predictions.stem + "_sites.npz")
+            np.savez_compressed(
+                sites_path,
+                **{f"{site.site_id}/probabilities": p.astype(np.float16) for site, p in blended},
+                **{f"{site.site_id}/label": site.label for site, _ in blended},
             )
         by_tta = {mode: scores(p, train.masks) for mode, p in out_of_fold.items()}
         pooled = by_tta[own]
@@ -269,12 +359,26 @@ def main(argv: list[str] | None = None) -> int:
             "scene_all_background_accuracy": float(
                 np.sum((all_scene_masks < 0.5) & scene_valid) / scene_valid.sum()
             ),
+            "blended_sites": site_scores(blended),
+            "sites": len(blended),
+            "sites_all_background_accuracy": float(
+                sum(np.sum(site.label == 0) for site, _ in blended)
+                / sum(np.sum(site.label != MASK_NODATA) for site, _ in blended)
+            ),
         }
         cv_scene = result["cross_validation"]["scene"]["0.50"]
         print(
             f"out-of-fold scene windows: IoU {cv_scene['iou']:.3f}, pixel accuracy "
             f"{cv_scene['pixel_accuracy']:.3f} (all-background "
             f"{result['cross_validation']['scene_all_background_accuracy']:.3f})"
+        )
+        cv_sites = result["cross_validation"]["blended_sites"]
+        print(
+            f"out-of-fold blended sites ({len(blended)}): IoU {cv_sites['0.50']['iou']:.3f}, "
+            f"pixel accuracy {cv_sites['0.50']['pixel_accuracy']:.4f} (all-background "
+            f"{result['cross_validation']['sites_all_background_accuracy']:.4f}), facility "
+            f"recall {cv_sites['0.50']['facility_recall']:.2f} precision "
+            f"{cv_sites['0.50']['facility_precision']:.2f} at 0.5"
         )
         print(
             f"out-of-fold IoU: {pooled['0.50']['iou']:.3f} at 0.5, "
@@ -283,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.only != "cv":
         scene = scene_windows(evaluation)  # the pipeline's scene split
-        by_mode, seconds, epochs, on_scene = train_and_predict(train, evaluation, config, scene)
+        by_mode, seconds, epochs, on_scene, _ = train_and_predict(train, evaluation, config, scene)
         scene_valid = scene.masks != MASK_NODATA
         result["scene_split"] = {
             "windows": len(scene.ids),

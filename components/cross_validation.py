@@ -172,6 +172,38 @@ class FoldResult:
     seconds: float
     epochs: int
     scene: dict[str, np.ndarray] | None = None
+    # site id -> [H, W] blended probabilities of the site's merged raster (`sites`), under
+    # the test-time augmentation the exported model serves
+    sites: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def merged_sites(split: Split) -> list:
+    """`split`'s sites, each merged onto one grid (`data.sites.merge_site`: the image, the
+    union of its tiles' masks as the label, `MASK_NODATA` where no tile lies), as the
+    pipeline's ScenePredictor puts the eval sites back together before predicting them."""
+    from data.sites import merge_site
+
+    by_site: dict[str, list] = {}
+    for pair in split.pairs:
+        by_site.setdefault(pair.site, []).append(pair)
+    return [merge_site(site, tiles) for site, tiles in sorted(by_site.items())]
+
+
+def window_model(model: Any, mean: np.ndarray, std: np.ndarray, mode: str) -> Any:
+    """A `blending.WindowModel` of a Keras model trained here: raw reflectance windows
+    [n, S, S, 3] (0: no data) -> [n, S, S] probabilities, normalised as the Transform does and
+    averaged over `mode`'s test-time transforms, as the exported model's `serving_default`
+    answers (without exporting it: K folds would write K SavedModels)."""
+    import tensorflow as tf
+
+    from components.transform_lib import normalize
+    from components.unet import symmetry_average
+
+    answer = tf.function(
+        lambda x: symmetry_average(model, normalize(x, mean, std), mode)[..., 0],
+        reduce_retracing=True,
+    )
+    return lambda windows: answer(tf.constant(windows, tf.float32)).numpy()
 
 
 def train_and_predict(
@@ -181,10 +213,15 @@ def train_and_predict(
     scene: Split | None = None,
     callbacks: Sequence[Any] = (),
     predict_held_out: bool = True,
+    sites: Sequence[Any] = (),
+    overlap: int | None = None,
 ) -> FoldResult:
     """Train the Trainer's model on `train` (early stopping on `held_out`), predict `held_out`
     (unless not `predict_held_out`: then `held_out` is {}) and the scene windows `scene`, if
-    given. `callbacks` are extra Keras callbacks (progress)."""
+    given. `callbacks` are extra Keras callbacks (progress). `sites` (`merged_sites`) are
+    predicted whole, window by window and blended with `overlap` (default: `tailings
+    predict`'s), by `blending.blend_scene`: the code path the ScenePredictor and `tailings
+    predict` run."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -223,7 +260,22 @@ def train_and_predict(
     trainer_lib.finish_training(model, config.train, dataset(train, False))
     seconds = time.monotonic() - started
     predict = d4_predictor(model)  # traced once for both sets (tracing costs seconds)
+    blended = {}
+    if sites:
+        from components.blending import DEFAULT_OVERLAP, blend_scene
+
+        answer = window_model(model, mean, std, config.model.test_time_augmentation)
+        tile = train.images.shape[1]
+        for site in sites:
+            blended[site.site_id] = blend_scene(
+                site.image,
+                answer,
+                tile,
+                DEFAULT_OVERLAP if overlap is None else overlap,
+                config.train.batch_size,
+            )
     return FoldResult(
+        sites=blended,
         held_out=(
             predict_all(model, normalize(held_out.images, mean, std), config, predict)
             if predict_held_out

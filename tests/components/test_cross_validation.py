@@ -55,3 +55,21 @@ def test_site_windows_need_the_georeference() -> None:
     bare = dataclasses.replace(split, pairs=[])
     with pytest.raises(ValueError, match="GeoPairs"):
         cv.train_and_predict(bare, split, TINY)
+
+
+def test_held_out_sites_are_predicted_whole_and_blended() -> None:
+    split = cv.stack(pairs(8))
+    keep = np.array([True] * 6 + [False] * 2)
+    held = cv.subset(split, ~keep)
+    sites = cv.merged_sites(held)
+    assert [s.site_id for s in sites] == ["site-6"]
+    assert sites[0].image.shape[:2] == (SIZE + SIZE // 2, SIZE)  # two tiles, half overlapping
+    result = cv.train_and_predict(cv.subset(split, keep), held, TINY, sites=sites, overlap=4)
+    blended = result.sites["site-6"]
+    assert blended.shape == sites[0].image.shape[:2]
+    # The site's top half is the first tile's pixels, answered by the first window alone: the
+    # same model on the same pixels as the tile's own prediction.
+    np.testing.assert_allclose(
+        blended[: SIZE // 2], result.held_out["none"][0, : SIZE // 2, :, 0], atol=1e-5
+    )
+    assert np.isfinite(blended).all() and ((blended >= 0) & (blended <= 1)).all()
