@@ -214,11 +214,17 @@ def main() -> int:
     parser.add_argument("--zip", action="store_true", help="also time the product as a zip")
     parser.add_argument("--keep", action="store_true", help="keep the product and outputs")
     parser.add_argument("--note", default="", help="said in the results (e.g. how busy)")
+    parser.add_argument(
+        "--build-only", action="store_true", help="build the product into --work and stop"
+    )
     args = parser.parse_args()
 
     started = time.monotonic()
     safe = build_product(args.data, args.work, args.size)
     build_s = time.monotonic() - started
+    if args.build_only:
+        print(safe)
+        return 0
     products = [safe] + ([zip_safe(safe)] if args.zip else [])
     runs = [run_predict(p, args.model, args.work / f"out-{p.suffix[1:]}") for p in products]
     result = {

@@ -245,7 +245,9 @@ class FleetRecord:
             "level": self.level,
             "baseline": self.baseline,
             "sensing_date": self.sensing_date,
-            "cloudy_ha": round(result.cloudy_ha, 4) if ok and result and result.clouds else "",
+            "cloudy_ha": round(result.cloudy_ha, 4)
+            if ok and result and result.clouds_masked
+            else "",
             "cloud_mask": result.clouds if result else "",
             "seconds": round(result.seconds if result else 0.0, 2),
             "area_method": result.area_method if result else "",

@@ -334,6 +334,7 @@ class SceneResult:
     baseline: str = ""
     sensing_date: str = ""
     clouds: str = ""  # the mask used: 'MSK_CLASSI opaque and cirrus', 'SCL 3,8,9,10', 'off', ...
+    clouds_masked: bool = False  # a cloud mask was read (else cloudy_* say nothing)
     cloudy_pixels: int = 0
     cloudy_m2: float = 0.0
 
@@ -362,6 +363,8 @@ class SceneResult:
             out.append(
                 f"clouds: {self.cloudy_pixels} pixels, {self.cloudy_ha:.2f} ha masked as no data "
                 f"({self.clouds})"
+                if self.clouds_masked
+                else f"clouds: not masked ({self.clouds})"
             )
         if self.area_method:
             out.append(f"areas: {self.area_method}")
@@ -659,6 +662,7 @@ def _write_scene(
         result.product_id, result.level = product.product_id, product.level
         result.baseline, result.sensing_date = product.baseline, product.sensing_date
         result.clouds = product.clouds_described if cfg.mask_clouds else "off"
+        result.clouds_masked = getattr(src, "mask", None) is not None
     say(
         f"{scene}: {width} x {height} pixels, {_count(result.windows, 'window')} of {tile} "
         f"(overlap {cfg.overlap}), model {model_source}"

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +19,21 @@ import rasterio
 from rasterio.windows import Window
 
 from serving.config import PredictConfig
-from serving.fleet import find_scenes, name_scenes
+from serving.fleet import (
+    FleetOutputs,
+    FleetProgress,
+    find_scenes,
+    name_scenes,
+    plan_fleet,
+    predict_fleet,
+)
 from serving.predict import MASK_NODATA, PredictError, inspect_scene, predict_scene
-from serving.sentinel2 import BandFiles, ProductError, inspect_product, open_product
+from serving.sentinel2 import L2A_NOTE, BandFiles, ProductError, inspect_product, open_product
 from tailings.cli import main
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.geotiffs import scene
 from tests.fixtures.pipeline import TILE
-from tests.fixtures.sentinel2 import EPSG, band_folder, make_product, zip_product
+from tests.fixtures.sentinel2 import EPSG, band_folder, make_product, product_name, zip_product
 from tests.serving.test_predict import PixelModel
 
 CFG = PredictConfig(tile=TILE, overlap=16, batch_size=4)
@@ -228,6 +236,40 @@ def test_fleets_find_products_in_folders_and_name_them(tmp_path):
     assert names == [a.product_id, "b", "bands"]
 
 
+def test_fleet_summary_rows_carry_the_product_and_its_clouds(tmp_path):
+    image = study_tile(12)
+    clouds = np.zeros((H, W), dtype=bool)
+    clouds[:12, :] = True
+    l1c = make_product(tmp_path / "in", image, "L1C", clouds=clouds)
+    zip_product(make_product(tmp_path / "z", image, "L2A"), tmp_path / "in" / "b.zip")
+    old = make_product(tmp_path / "old", image, "L1C", "02.08", clouds=clouds)
+    shutil.move(old.safe, tmp_path / "in" / old.safe.name)
+    paths, _ = find_scenes([str(tmp_path / "in")])
+    warned: list[str] = []
+    plan = plan_fleet(name_scenes(paths), CFG, False, warn=warned.append)
+    assert not plan.failed and len(plan.ready) == 3
+    assert [w.split(": ", 1)[1] for w in warned] == [
+        "baseline 02.08 has no raster cloud mask (its MSK_CLOUDS_B00.gml is not read), so "
+        "clouds are not masked",
+        L2A_NOTE,
+        "no IMG_DATA/R20m/*_SCL_20m.jp2, so clouds are not masked",
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    progress = FleetProgress(3, plan.windows, lambda _m: None, stream=io.StringIO())
+    records = predict_fleet(plan, PixelModel(), FleetOutputs(out), CFG, progress)
+    assert [r.status for r in records] == ["ok"] * 3
+    rows = _rows(out)
+    new, old_row, l2a = rows[l1c.product_id], rows[old.product_id], rows["b"]
+    assert (new["level"], new["baseline"], new["sensing_date"]) == ("L1C", "05.09", "2023-08-23")
+    assert float(new["cloudy_ha"]) == pytest.approx(12 * W / 100, rel=2e-3)
+    assert new["cloud_mask"] == "MSK_CLASSI opaque and cirrus"
+    assert (old_row["baseline"], old_row["cloudy_ha"]) == ("02.08", "")
+    assert old_row["cloud_mask"] == "none before baseline 04.00"
+    assert (l2a["level"], l2a["product_id"]) == ("L2A", product_name("L2A", "05.09"))
+    assert float(new["valid_ha"]) == pytest.approx(float(old_row["valid_ha"]) * (H - 12) / H)
+
+
 # --------------------------------------------------------------------------- end to end
 def _rows(out_dir: Path) -> dict[str, dict]:
     rows = csv.DictReader(io.StringIO((out_dir / "summary.csv").read_text()))
@@ -263,15 +305,22 @@ def test_tailings_predict_on_products_with_a_model(pushed, tmp_path, capsys):
             assert src.crs.to_epsg() == EPSG and src.transform.a == 10.0
     assert rows[l1c.product_id]["level"] == "L1C" and rows["l2a"]["level"] == "L2A"
     assert float(rows[l1c.product_id]["cloudy_ha"]) == pytest.approx(5.76, rel=2e-3)
-    assert rows["bands"]["cloudy_ha"] == "0.0" and rows["bands"]["level"] == ""
+    assert rows["bands"]["cloudy_ha"] == "" and rows["bands"]["level"] == ""
+    assert rows["bands"]["cloud_mask"] == "none with band files"
     features = json.loads((out / "summary.geojson").read_text())["features"]
     assert {f["properties"]["product_id"] for f in features} >= {l1c.product_id}
-    # Same pixels, same model: the SAFE and its band files give the same mask outside clouds.
     with rasterio.open(out / rows[l1c.product_id]["mask"]) as a:
         with rasterio.open(out / rows["bands"]["mask"]) as b:
             ma, mb = a.read(1), b.read(1)
-    np.testing.assert_array_equal(ma[~clouds], mb[~clouds])
-    assert (ma[clouds] == MASK_NODATA).all()
+    np.testing.assert_array_equal(ma == MASK_NODATA, clouds)
+    assert (mb != MASK_NODATA).all()  # band files: no cloud mask
+    # Same pixels, same model: the SAFE without its cloud mask gives the band files' mask.
+    # (With it, pixels near a cloud differ a little: the cloud is fed as 0, as no data is.)
+    whole = ["predict", str(l1c.safe), "--out", str(tmp_path / "whole.tif"), "--no-cloud-mask"]
+    assert main([*whole, *common]) == 0
+    assert "clouds: not masked (off)" in capsys.readouterr().err
+    with rasterio.open(tmp_path / "whole.tif") as src:
+        np.testing.assert_array_equal(src.read(1), mb)
 
     # One product with --out: a list of band files, printed with its product line.
     files = [str(p) for p in sorted(bands.iterdir())]
@@ -281,3 +330,41 @@ def test_tailings_predict_on_products_with_a_model(pushed, tmp_path, capsys):
     assert "product: T23KPT_20230823T130249 (level unknown, baseline 05.09" in err
     with rasterio.open(tmp_path / "one.tif") as src:
         np.testing.assert_array_equal(src.read(1), mb)
+
+
+@pytest.mark.slow
+def test_products_on_beam_and_through_a_server_give_the_in_process_outputs(
+    pushed, server, tmp_path, capsys
+):
+    """The --beam fleet (RunInference, DirectRunner) and --server read products with the same
+    code (`open_scene`): the same masks and summary rows as in-process."""
+    cfg, _ = pushed
+    image = study_tile(11)
+    clouds = np.zeros((H, W), dtype=bool)
+    clouds[48:, 60:] = True
+    product = make_product(tmp_path / "in", image, "L1C", clouds=clouds)
+    zipped = zip_product(make_product(tmp_path / "l2a", image, "L2A", clouds=clouds))
+    shutil.move(zipped, tmp_path / "in" / zipped.name)
+    common = ["--model", str(cfg.push_dir), "--tile", str(TILE), "--overlap", "16"]
+    runs = {"local": [], "beam": ["--beam"]}
+    for name, extra in runs.items():
+        argv = ["predict", str(tmp_path / "in"), "--out-dir", str(tmp_path / name)]
+        assert main([*argv, *common, *extra]) == 0, capsys.readouterr().err
+    local, beam = _rows(tmp_path / "local"), _rows(tmp_path / "beam")
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in local.values()] == [
+        {k: v for k, v in r.items() if k not in drop} for r in beam.values()
+    ]
+    for row in beam.values():  # 48 x 54 pixels of 10 m (UTM's scale: a little less)
+        assert float(row["cloudy_ha"]) == pytest.approx(25.92, rel=2e-3), row
+    for row in local.values():
+        with rasterio.open(tmp_path / "local" / row["mask"]) as a:
+            with rasterio.open(tmp_path / "beam" / row["mask"]) as b:
+                np.testing.assert_array_equal(a.read(), b.read())
+    # --server, one product: the in-process mask.
+    remote = ["predict", str(product.safe), "--out", str(tmp_path / "remote.tif")]
+    remote += ["--server", server.url, "--tile", str(TILE), "--overlap", "16"]
+    assert main(remote) == 0, capsys.readouterr().err
+    with rasterio.open(tmp_path / "remote.tif") as a:
+        with rasterio.open(tmp_path / "local" / local[product.product_id]["mask"]) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
