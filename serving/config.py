@@ -25,6 +25,8 @@ TFSERVING_IMAGE = "tensorflow/serving:2.16.1"  # matches tensorflow / tensorflow
 
 # Model names: what `tailings run --model-name` accepts; never a path, never '/' or ':'.
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A Sentinel-2 processing baseline as the products write it: 02.08, 05.09.
+BASELINE_RE = re.compile(r"\d{2}\.\d{2}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,12 @@ class PredictConfig:
     probability_compression: str = "deflate"
     mask_predictor: int = 2  # horizontal differencing
     probability_predictor: int = 3  # floating-point predictor
+    # Sentinel-2 products (serving.sentinel2): the product's own cloud mask (L1C MSK_CLASSI,
+    # L2A SCL) makes cloudy pixels no data, counted apart (`--no-cloud-mask` turns it off).
+    mask_clouds: bool = True
+    # The processing baseline of band files that come without their product's metadata
+    # ('05.09'): from 04.00 their digital numbers carry an offset of -1000. None: refuse them.
+    band_baseline: str | None = None
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -121,6 +129,10 @@ class PredictConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.band_baseline is not None and not BASELINE_RE.fullmatch(self.band_baseline):
+            raise ValueError(
+                f"baseline must be a processing baseline such as 05.09, got {self.band_baseline}"
+            )
 
     @property
     def stride(self) -> int:

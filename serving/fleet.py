@@ -46,7 +46,7 @@ from serving.predict import (
     scene_windows,
 )
 
-SCENE_SUFFIXES = (".tif", ".tiff")
+SCENE_SUFFIXES = (".tif", ".tiff", ".zip")  # .zip: a Sentinel-2 product
 GLOB_CHARACTERS = frozenset("*?[")
 SUMMARY_CSV = "summary.csv"
 SUMMARY_GEOJSON = "summary.geojson"
@@ -79,21 +79,36 @@ def is_pattern(argument: str) -> bool:
     return any(c in GLOB_CHARACTERS for c in argument)
 
 
+def _is_scene_dir(path: Path) -> bool:
+    """A folder that is one scene: a Sentinel-2 SAFE folder or a folder of its band files."""
+    from serving.sentinel2 import is_product
+
+    return path.is_dir() and is_product(path)
+
+
 def find_scenes(arguments: Sequence[str]) -> tuple[list[Path], list[FleetRecord]]:
-    """Scene files from paths, folders (their *.tif / *.tiff, not recursive) and glob patterns
-    (`**` recurses), in argument order, each folder's or pattern's files sorted, every file
+    """Scenes from paths, folders (their *.tif / *.tiff / *.zip and SAFE folders, not
+    recursive; a SAFE folder or a folder of band files is one scene itself) and glob patterns
+    (`**` recurses), in argument order, each folder's or pattern's scenes sorted, every scene
     once. An argument that names nothing is a failed record, so the others still run."""
     found: list[Path] = []
     seen: set[Path] = set()
     missing: list[FleetRecord] = []
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
-            reason = f"no *.tif or *.tiff file in folder {argument}"
+        if _is_scene_dir(path):
+            files = [path]
+            reason = ""
+        elif path.is_dir():
+            files = sorted(
+                p
+                for p in path.iterdir()
+                if (p.is_file() and p.suffix.lower() in SCENE_SUFFIXES) or _is_scene_dir(p)
+            )
+            reason = f"no *.tif, *.tiff, *.zip or SAFE product in folder {argument}"
         elif is_pattern(argument) and not path.exists():
             files = sorted(Path(p) for p in glob.glob(argument, recursive=True))
-            files = [p for p in files if p.is_file()]
+            files = [p for p in files if p.is_file() or _is_scene_dir(p)]
             reason = f"pattern {argument} matches no file"
         else:
             files = [path]
@@ -143,6 +158,11 @@ class FleetRecord:
     height: int = 0
     footprint: dict | None = None  # GeoJSON geometry, WGS 84 longitude/latitude
     result: SceneResult | None = None
+    # Sentinel-2 products (from their metadata; empty for GeoTIFF scenes).
+    product_id: str = ""
+    level: str = ""
+    baseline: str = ""
+    sensing_date: str = ""
 
     @classmethod
     def failed(cls, scene: str, name: str, error: str) -> FleetRecord:
@@ -156,6 +176,10 @@ class FleetRecord:
         record.crs = info.crs.to_string()
         record.width, record.height = info.width, info.height
         record.footprint = footprint(info)
+        product = info.product
+        if product is not None:
+            record.product_id, record.level = product.product_id, product.level
+            record.baseline, record.sensing_date = product.baseline, product.sensing_date
         return record
 
     def succeed(self, result: SceneResult) -> FleetRecord:
@@ -217,6 +241,14 @@ class FleetRecord:
             "valid_ha": round(self.valid_ha, 4) if ok else "",
             "tailings_share_pct": round(self.share_pct, 4) if ok else "",
             "polygons": "" if result is None or result.polygons is None else result.polygons,
+            "product_id": self.product_id,
+            "level": self.level,
+            "baseline": self.baseline,
+            "sensing_date": self.sensing_date,
+            "cloudy_ha": round(result.cloudy_ha, 4)
+            if ok and result and result.clouds_masked
+            else "",
+            "cloud_mask": result.clouds if result else "",
             "seconds": round(result.seconds if result else 0.0, 2),
             "area_method": result.area_method if result else "",
             **out,
@@ -308,13 +340,15 @@ def plan_fleet(
     ready, failed, windows = [], list(missing), {}
     for job in jobs:
         try:
-            info = inspect_scene(job.path)
+            info = inspect_scene(job.path, cfg.band_baseline)
             warning = resolution_warning(info, allow=allow_resolution)
         except PredictError as err:
             failed.append(FleetRecord.failed(str(job.path), job.name, str(err)))
             continue
         if warning:
             warn(warning)
+        for note in info.product.notes if info.product else ():
+            warn(note)
         ready.append((job, info))
         windows[job.name] = scene_windows(info.height, info.width, cfg)
     return FleetPlan(ready, failed, windows)

@@ -104,13 +104,13 @@ class ReadWindows(beam.DoFn):
     def process(self, scene: tuple[str, str]):
         name, path = scene
         try:
-            src = open_scene(Path(path))
+            src = open_scene(Path(path), self.cfg.mask_clouds, self.cfg.band_baseline)
         except TailingsError as err:
             yield beam.pvalue.TaggedOutput(FAILED_TAG, (name, str(err)))
             return
         try:
             grid = Grid.of(src.height, src.width, self.cfg.tile, self.cfg.overlap)
-            for k, _valid, strip in read_strips(src, Path(path), grid):
+            for k, _valid, strip, _cloudy in read_strips(src, Path(path), grid):
                 tiles = strip_tiles(strip, grid.cols, self.cfg.tile)
                 for j, tile in enumerate(tiles):
                     yield (name, k, j), tile

@@ -24,6 +24,11 @@ Hectares are geodesic, on the ellipsoid of the scene's CRS, whatever the CRS (`d
 `inspect_scene` checks a scene from its header alone (a GeoTIFF, 3 float bands, a CRS, a
 geotransform, pixels near the 10 m the model was trained on), so the CLI refuses bad input in
 well under a second, before TensorFlow and the model load.
+
+A scene may also be a Sentinel-2 product (a SAFE folder or zip, a folder or list of band
+files): `serving.sentinel2` checks its metadata and band files the same way and reads it as
+reflectance strip by strip (`ProductReader`), its own cloud mask making cloudy pixels no data,
+counted apart; the rest of this module treats it as any scene.
 """
 
 from __future__ import annotations
@@ -182,6 +187,7 @@ class SceneInfo:
     crs: object  # rasterio CRS
     transform: object  # affine.Affine
     pixel_m: tuple[float, float]  # ground size of a pixel: along a row, down a column
+    product: object | None = None  # serving.sentinel2.Product for a Sentinel-2 product
 
     def describe_pixels(self) -> str:
         return f"{self.pixel_m[0]:.1f} m x {self.pixel_m[1]:.1f} m"
@@ -233,9 +239,22 @@ def _open_checked(path: Path):
     return src
 
 
-def inspect_scene(path: Path) -> SceneInfo:
+def inspect_scene(path: Path, baseline: str | None = None) -> SceneInfo:
     """Check a scene from its header alone, before any model is loaded: the checks of
-    `open_scene`, and the ground size of its pixels (geodesic, on its CRS's ellipsoid)."""
+    `open_scene`, and the ground size of its pixels (geodesic, on its CRS's ellipsoid).
+    A Sentinel-2 product: its metadata and band files' headers (`serving.sentinel2`);
+    `baseline` is the processing baseline of band files without their metadata."""
+    from serving import sentinel2
+
+    if sentinel2.is_product(path):
+        product = sentinel2.inspect_product(path, baseline)
+        try:
+            pixel_m = pixel_size_m(product.transform, product.crs, product.height, product.width)
+        except AreaError as err:
+            raise PredictError(f"{path}: {err}") from None
+        return SceneInfo(
+            path, product.width, product.height, product.crs, product.transform, pixel_m, product
+        )
     src = _open_checked(path)
     try:
         try:
@@ -247,8 +266,13 @@ def inspect_scene(path: Path) -> SceneInfo:
         src.close()
 
 
-def open_scene(path: Path):
-    """Open and check a scene (see `_open_checked`); the caller closes it."""
+def open_scene(path: Path, clouds: bool = True, baseline: str | None = None):
+    """Open and check a scene (see `_open_checked`), or a Sentinel-2 product as a
+    `serving.sentinel2.ProductReader` (`clouds`: mask its cloudy pixels); the caller closes it."""
+    from serving import sentinel2
+
+    if sentinel2.is_product(path):
+        return sentinel2.open_product(path, clouds=clouds, baseline=baseline)
     return _open_checked(path)
 
 
@@ -304,10 +328,23 @@ class SceneResult:
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
     area_method: str = ""  # data.geo.area_method: 'geodesic, on the WGS 84 ellipsoid'
+    # Sentinel-2 products: which product, and the pixels its cloud mask made no data.
+    product_id: str = ""
+    level: str = ""
+    baseline: str = ""
+    sensing_date: str = ""
+    clouds: str = ""  # the mask used: 'MSK_CLASSI opaque and cirrus', 'SCL 3,8,9,10', 'off', ...
+    clouds_masked: bool = False  # a cloud mask was read (else cloudy_* say nothing)
+    cloudy_pixels: int = 0
+    cloudy_m2: float = 0.0
 
     @property
     def tailings_ha(self) -> float:
         return self.tailings_m2 / SQUARE_METRES_PER_HECTARE
+
+    @property
+    def cloudy_ha(self) -> float:
+        return self.cloudy_m2 / SQUARE_METRES_PER_HECTARE
 
     def lines(self) -> list[str]:
         share = 100.0 * self.tailings_pixels / self.valid_pixels if self.valid_pixels else 0.0
@@ -317,6 +354,18 @@ class SceneResult:
             f"tailings: {self.tailings_pixels} pixels, {self.tailings_ha:.2f} ha "
             f"({share:.2f} % of {self.valid_m2 / SQUARE_METRES_PER_HECTARE:.2f} ha with data)",
         ]
+        if self.product_id:
+            out.insert(
+                1,
+                f"product: {self.product_id} ({self.level or 'level unknown'}, baseline "
+                f"{self.baseline or 'unknown'}, sensed {self.sensing_date or 'unknown'})",
+            )
+            out.append(
+                f"clouds: {self.cloudy_pixels} pixels, {self.cloudy_ha:.2f} ha masked as no data "
+                f"({self.clouds})"
+                if self.clouds_masked
+                else f"clouds: not masked ({self.clouds})"
+            )
         if self.area_method:
             out.append(f"areas: {self.area_method}")
         if self.polygons is not None:
@@ -482,18 +531,29 @@ def scene_windows(height: int, width: int, cfg: PredictConfig) -> int:
     return Grid.of(height, width, cfg.tile, cfg.overlap).windows
 
 
-def read_strips(src, scene: Path, grid: Grid) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """For each row k of windows: (k, valid, strip). `strip` is the [tile, >= tile, 3] float32
-    pixels of that row of windows (no data as 0, mirrored up to a tile where the scene is
-    smaller), `valid` the [rows read, width] pixels with data in all three bands."""
+def read_strips(
+    src, scene: Path, grid: Grid
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """For each row k of windows: (k, valid, strip, cloudy). `strip` is the [tile, >= tile, 3]
+    float32 pixels of that row of windows (no data as 0, mirrored up to a tile where the scene
+    is smaller), `valid` the [rows read, width] pixels with data in all three bands and no
+    cloud, `cloudy` those a Sentinel-2 product's cloud mask took out (None: no mask)."""
     from rasterio.windows import Window
 
     nodata = src.nodata
     padded_width = grid.padded_width
+    product = hasattr(src, "read_reflectance")  # serving.sentinel2.ProductReader
     for k, top in enumerate(grid.rows):
         h = min(grid.tile, grid.height - top)
+        window = Window(0, top, grid.width, h)
+        cloudy = None
         try:
-            pixels = src.read(window=Window(0, top, grid.width, h), out_dtype="float32")
+            if product:
+                pixels, cloudy = src.read_reflectance(window)
+            else:
+                pixels = src.read(window=window, out_dtype="float32")
+        except TailingsError:
+            raise
         except Exception as err:  # noqa: BLE001 - GDAL's errors are not all OSErrors
             cause = err.__cause__ or err  # rasterio: "Read failed. See previous exception"
             raise PredictError(
@@ -502,8 +562,10 @@ def read_strips(src, scene: Path, grid: Grid) -> Iterator[tuple[int, np.ndarray,
         valid = np.all(np.isfinite(pixels), axis=0)
         if nodata is not None and not np.isnan(nodata):
             valid &= ~np.any(pixels == nodata, axis=0)
+        if cloudy is not None:
+            valid &= ~cloudy
         strip = np.where(valid[..., None], np.moveaxis(pixels, 0, -1), 0.0).astype(np.float32)
-        yield k, valid, pad_strip(strip, grid.tile, padded_width)
+        yield k, valid, pad_strip(strip, grid.tile, padded_width), cloudy
 
 
 def predict_scene(
@@ -555,14 +617,14 @@ def write_scene(
     import rasterio
 
     started = time.monotonic()
-    src = open_scene(scene)
+    src = open_scene(scene, clouds=cfg.mask_clouds, baseline=cfg.band_baseline)
     outputs: list[_Output] = []
     # In an Env, GDAL's error messages go to Python logging instead of stderr: a failed write
     # becomes one PredictError line, not a screen of "ERROR 1: TIFF..." lines.
     with rasterio.Env():
         try:
             result = _write_scene(
-                src, Path(scene), model_source, row_probabilities, out_mask, cfg,
+                src, scene, model_source, row_probabilities, out_mask, cfg,
                 out_probabilities, outputs, say,
             )  # fmt: skip
             if out_polygons is not None:
@@ -595,6 +657,12 @@ def _write_scene(
     strip_areas(0, min(1, height))  # a CRS with no ground areas fails before the model runs
     result = SceneResult(str(scene), model_source, height, width, grid.windows)
     result.area_method = area_method(src.crs)
+    product = getattr(src, "product", None)  # serving.sentinel2.Product
+    if product is not None:
+        result.product_id, result.level = product.product_id, product.level
+        result.baseline, result.sensing_date = product.baseline, product.sensing_date
+        result.clouds = product.clouds_described if cfg.mask_clouds else "off"
+        result.clouds_masked = getattr(src, "mask", None) is not None
     say(
         f"{scene}: {width} x {height} pixels, {_count(result.windows, 'window')} of {tile} "
         f"(overlap {cfg.overlap}), model {model_source}"
@@ -610,7 +678,7 @@ def _write_scene(
         outputs.append(prob_out)
 
     blender = StripBlender(grid)
-    for k, valid, strip in read_strips(src, scene, grid):
+    for k, valid, strip, cloudy in read_strips(src, scene, grid):
         probabilities = row_probabilities(k, grid.cols, strip)
         if len(probabilities) != len(grid.cols):
             raise PredictError(
@@ -632,6 +700,10 @@ def _write_scene(
         result.valid_pixels += int(ok.sum())
         result.tailings_m2 += float((tailings * row_areas).sum())
         result.valid_m2 += float((ok * row_areas).sum())
+        if cloudy is not None:
+            clouds = cloudy[:done]
+            result.cloudy_pixels += int(clouds.sum())
+            result.cloudy_m2 += float((clouds * row_areas).sum())
         say(f"  rows {top}..{bottom - 1} of {height} done")
 
     tags = {
@@ -639,8 +711,16 @@ def _write_scene(
         "tile": str(tile),
         "overlap": str(cfg.overlap),
         "threshold": str(cfg.threshold),
-        "source_scene": os.path.basename(str(scene)),
+        "source_scene": os.path.basename(str(scene).rstrip("/")),
     }
+    if product is not None:
+        tags.update(
+            product_id=product.product_id,
+            level=product.level,
+            processing_baseline=product.baseline,
+            sensing_date=product.sensing_date,
+            cloud_mask=result.clouds,
+        )
     for output in outputs:
         output.finish(tags)
         result.outputs.append(str(output.path))

@@ -198,7 +198,8 @@ def add_predict(sub) -> None:
     d = PredictConfig()
     p = sub.add_parser(
         "predict",
-        help="predict tailings masks for whole GeoTIFF scenes (in-process, via a server, on Beam)",
+        help="predict tailings masks for whole scenes: GeoTIFFs or Sentinel-2 products "
+        "(in-process, via a server, on Beam)",
         description=(
             "Slide overlapping windows over each SCENE (a 3-band float GeoTIFF: B2, B3, B4 "
             "reflectance, any size), blend them, and write a uint8 mask (1 tailings, 0 "
@@ -208,15 +209,20 @@ def add_predict(sub) -> None:
             "scene and summary.csv / summary.geojson; a scene that fails is reported there "
             "and the others still run (exit 6 if some failed, 1 if all did). The model runs "
             "in this process (--model), behind TF Serving's REST or gRPC API (--server), or in "
-            "Beam's RunInference (--beam; Beam options after `--`); all give the same output."
+            "Beam's RunInference (--beam; Beam options after `--`); all give the same output. "
+            "A SCENE may also be a Sentinel-2 product: a Level-1C or Level-2A SAFE folder or "
+            ".zip, or a folder (or, with --out, a list) of its B02, B03, B04 band files at 10 m "
+            "(JP2 or GeoTIFF); read as reflectance with the product's quantification value and "
+            "offset, its own cloud mask making cloudy pixels no data (counted as cloudy_ha)."
         ),
     )
     p.add_argument(
         "scenes",
         nargs="+",
         metavar="SCENE",
-        help="input GeoTIFF(s); with --out-dir also folders (their *.tif) and quoted glob "
-        "patterns ('scenes/**/*.tif')",
+        help="input GeoTIFF(s) or Sentinel-2 products (SAFE folder, .zip, folder of band "
+        "files; with --out three band files); with --out-dir also folders (their *.tif, *.zip, "
+        "*.SAFE) and quoted glob patterns ('scenes/**/*.tif')",
     )
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", type=Path, help="output mask GeoTIFF (one scene)")
@@ -286,6 +292,19 @@ def add_predict(sub) -> None:
         help=f"predict (with a warning) a scene whose pixels are more than "
         f"{PIXEL_SIZE_REFUSE_FACTOR:g}x off the {TRAINING_PIXEL_M:g} m the model was trained on",
     )
+    p.add_argument(
+        "--no-cloud-mask",
+        action="store_true",
+        help="Sentinel-2 products: predict cloudy pixels too (default: the product's own cloud "
+        "mask, L1C MSK_CLASSI or L2A SCL, makes them no data, counted as cloudy_ha)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="NN.NN",
+        help="processing baseline of Sentinel-2 band files given without their product's "
+        "metadata (the N0509 of a product's name is 05.09): from 04.00 their digital numbers "
+        "carry an offset of -1000",
+    )
     p.set_defaults(func=_predict)
 
 
@@ -306,6 +325,8 @@ def _predict(args: argparse.Namespace, beam_args: list[str]) -> int:
         overlap=args.overlap,
         threshold=args.threshold,
         batch_size=args.batch_size,
+        mask_clouds=not args.no_cloud_mask,
+        band_baseline=args.baseline,
     )
     check_model_name(args.model_name)
     if args.server is not None:
@@ -346,11 +367,28 @@ def _open_model(args: argparse.Namespace, cfg):
     return LocalModel.open(_model_dir(args))
 
 
+def _one_scene(arguments: list[str]):
+    """The scene of `--out`: a path, or a list of three band files as one product."""
+    from serving import sentinel2
+
+    paths = [Path(a) for a in arguments]
+    if len(paths) == len(sentinel2.MODEL_BANDS) and all(sentinel2.band_of(p) for p in paths):
+        return sentinel2.BandFiles(tuple(paths))
+    scene = paths[0]
+    several = (scene.is_dir() and not sentinel2.is_product(scene)) or (
+        not scene.exists() and any(c in str(scene) for c in "*?[")
+    )
+    if len(paths) != 1 or several:
+        return None
+    return scene
+
+
 def _predict_one(args: argparse.Namespace, cfg) -> int:
     """`tailings predict SCENE --out MASK`: one scene, its result printed."""
-    scene = Path(args.scenes[0])
-    several = scene.is_dir() or (not scene.exists() and any(c in str(scene) for c in "*?["))
-    if len(args.scenes) != 1 or several:
+    from serving import sentinel2
+
+    scene = _one_scene(args.scenes)
+    if scene is None:
         raise CliError(
             "--out writes one scene's mask; for several scenes, a folder or a pattern "
             "use --out-dir DIR"
@@ -358,16 +396,20 @@ def _predict_one(args: argparse.Namespace, cfg) -> int:
     for flag, value in (("--probabilities", args.probabilities), ("--polygons", args.polygons)):
         if value is PER_SCENE:
             raise CliError(f"{flag}: give the FILE to write (one per scene is for --out-dir)")
-    if not scene.is_file():  # as serving.predict.open_scene says it, before numpy loads
+    product = sentinel2.is_product(scene)
+    if not product and not scene.is_file():  # as serving.predict.open_scene says it
         raise CliError(f"{scene}: " + ("not a file" if scene.exists() else "no such file"))
     from serving.predict import find_version_dir, inspect_scene, resolution_warning
 
-    info = inspect_scene(scene)  # the header only: GeoTIFF, 3 float bands, CRS, grid
+    # The header only: GeoTIFF, 3 float bands, CRS, grid; a product's metadata and band files.
+    info = inspect_scene(scene, cfg.band_baseline)
     warning = resolution_warning(info, allow=args.allow_resolution)
     if warning:
         say(f"tailings predict: warning: {warning}")
+    for note in info.product.notes if info.product else ():
+        say(f"tailings predict: warning: {note}")
     outputs = [args.out, args.probabilities, args.polygons]
-    if scene.resolve() in {o.resolve() for o in outputs if o is not None}:
+    if not product and scene.resolve() in {o.resolve() for o in outputs if o is not None}:
         raise CliError(f"{scene}: an output would overwrite the input scene")
     for flag, path in zip(("--out", "--probabilities", "--polygons"), outputs, strict=True):
         if path is not None:  # before the model loads and the scene is read

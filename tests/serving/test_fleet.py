@@ -97,7 +97,7 @@ def test_scenes_from_files_folders_and_patterns_each_once_in_order(tmp_path):
         (arguments[4], FAILED),
     ]
     assert "matches no file" in missing[0].error
-    assert "no *.tif or *.tiff file in folder" in missing[1].error
+    assert "no *.tif, *.tiff, *.zip or SAFE product in folder" in missing[1].error
 
 
 def test_output_names_are_stems_with_folders_only_where_stems_clash(tmp_path):
