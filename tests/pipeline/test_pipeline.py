@@ -19,13 +19,15 @@ from components import blending, scene_predictor_lib, trainer_lib
 from components.config import ModelConfig, TrainConfig, TrainerConfig
 from components.example_gen import SCENE_LAYOUT_FILE
 from components.metrics import THRESHOLD
+from data.errors import EXIT_ANOMALIES
 from data.examples import decode_pair, to_example
 from data.pairs import PairSpec, load_pair
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig, Thresholds
 from pipeline.reports import overlays
-from pipeline.runner import EXIT_ANOMALIES, EXIT_BLESSED, EXIT_NOT_BLESSED, run_pipeline
+from pipeline.runner import run_pipeline
 from pipeline.runs import list_runs
+from pipeline.summary import EXIT_BLESSED, EXIT_NOT_BLESSED
 from schemas.features import MASK_NODATA
 from tests.fixtures.geotiffs import make_pair, scene
 from tests.fixtures.pipeline import TILE, tiny_config
