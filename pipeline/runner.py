@@ -1,7 +1,10 @@
 """Run the pipeline with TFX's LocalDagRunner and summarise the run from ML Metadata.
 
-The terminal gets one line per component (start, end, duration, cached or not) and a summary;
-the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it does not bury them.
+The terminal gets one line per component (start, end, duration, cached or not), a line per
+Trainer epoch and per Tuner trial (`components.progress`, relayed from the file the components
+append them to; also written to the run's log), a line about every minute while an Evaluator
+runs, and a summary; the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it
+does not bury them.
 
 When a run ends, what `tailings runs` shows of it is recorded on the run's ML Metadata context
 (`pipeline.runs.RunDigest`), so that listing runs reads ML Metadata alone.
@@ -27,31 +30,58 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from components import progress
 from data.lock import output_lock
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.runs import RunDigest
 from pipeline.summary import RunSummary, summarize_record
 
+log = logging.getLogger(__name__)
+
+# While an Evaluator runs, a line this often says for how long so far.
+HEARTBEAT_SECONDS = 60.0
+# Beside the run's log: the file the components append their progress lines to while it runs.
+PROGRESS_SUFFIX = ".progress"
+
 
 class _ComponentProgress(threading.Thread):
-    """One terminal line per component start and end, read from ML Metadata as TFX records it.
+    """The terminal's lines while the pipeline runs, polled every `every` s:
 
-    Polling the store (read-only) instead of parsing log lines keeps this independent of
-    logging set-up, which TFX's components and Beam reconfigure while they run.
+    - one line per component start and end, read from ML Metadata as TFX records it; an
+      Evaluator's start line says what it does (`nodes.ACTIVITIES`), and while it runs a line
+      every `heartbeat` s says for how long so far;
+    - the components' own progress lines (a Trainer epoch, a Tuner trial:
+      `components.progress`), read from the file they append to, shown indented and written
+      to the run's log.
+
+    Polling the store (read-only) and a file instead of parsing log lines keeps this
+    independent of logging set-up, which TFX's components and Beam reconfigure while they run,
+    and of which process a line comes from (the Tuner's trials run in processes of their own).
     """
 
     FINISHED = ("COMPLETE", "CACHED", "FAILED", "CANCELED")
 
-    def __init__(self, sqlite_path: Path, say: Callable[[str], None], every: float = 1.0) -> None:
+    def __init__(
+        self,
+        sqlite_path: Path,
+        say: Callable[[str], None],
+        progress_file: Path | None = None,
+        every: float = 1.0,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
         super().__init__(daemon=True)
         self._path = sqlite_path
         self._say = say
+        self._progress_file = progress_file
+        self._read = 0  # bytes of the progress file already shown
         self._every = every
+        self._heartbeat = heartbeat
         self._since_ms = int(time.time() * 1000)
         self._halt = threading.Event()
         self._nodes: dict[int, str] = {}
         self._done: set[int] = set()
+        self._beats: dict[int, int] = {}  # execution id -> heartbeats shown
 
     def run(self) -> None:
         while not self._halt.wait(self._every):
@@ -63,6 +93,7 @@ class _ComponentProgress(threading.Thread):
         self.poll()
 
     def poll(self) -> None:
+        self._relay_progress()
         if not self._path.exists():
             return
         try:
@@ -75,10 +106,28 @@ class _ComponentProgress(threading.Thread):
         except Exception:  # noqa: BLE001 - the store may be mid-write; the next poll catches up
             return
 
+    def _relay_progress(self) -> None:
+        """Show the progress file's complete lines not shown yet; log them too."""
+        if self._progress_file is None:
+            return
+        try:
+            with open(self._progress_file, "rb") as f:
+                f.seek(self._read)
+                chunk = f.read()
+        except OSError:  # not written yet (or gone): nothing to show
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for its end
+        self._read += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            self._say(f"  {line}")
+            log.info(line)
+
     def _report(self, store, execution) -> None:
         if execution.id not in self._nodes:
-            self._nodes[execution.id] = metadata.node_id(store, execution)
-            self._say(f"> {self._nodes[execution.id]} ...")
+            node = self._nodes[execution.id] = metadata.node_id(store, execution)
+            doing = f" ({nodes.ACTIVITIES[node]})" if node in nodes.ACTIVITIES else ""
+            self._say(f"> {node} ...{doing}")
+        node = self._nodes[execution.id]
         state = metadata.STATES.Name(execution.last_known_state)
         if state in self.FINISHED and execution.id not in self._done:
             self._done.add(execution.id)
@@ -88,7 +137,13 @@ class _ComponentProgress(threading.Thread):
             note = {"CACHED": " (cached)", "FAILED": " FAILED", "CANCELED": " canceled"}.get(
                 state, ""
             )
-            self._say(f"< {self._nodes[execution.id]} done in {took:.1f} s{note}")
+            self._say(f"< {node} done in {took:.1f} s{note}")
+        elif state not in self.FINISHED and node in nodes.ACTIVITIES:
+            running = time.time() - execution.create_time_since_epoch / 1e3
+            beats = int(running // self._heartbeat)
+            if beats > self._beats.get(execution.id, 0):
+                self._beats[execution.id] = beats
+                self._say(f"  {node} still running: {progress.duration(running)} so far")
 
 
 class _LogFile(logging.FileHandler):
@@ -194,6 +249,21 @@ def _flush_or_drop() -> None:
             os.close(devnull)
 
 
+@contextlib.contextmanager
+def _progress_to(path: Path):
+    """Name `path` to the components as the file for their progress lines
+    (`components.progress.PROGRESS_FILE_ENV`, inherited by the processes they start)."""
+    saved = os.environ.get(progress.PROGRESS_FILE_ENV)
+    os.environ[progress.PROGRESS_FILE_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(progress.PROGRESS_FILE_ENV, None)
+        else:
+            os.environ[progress.PROGRESS_FILE_ENV] = saved
+
+
 def terminal_writer() -> Callable[[str], None]:
     """A `say` that reaches the terminal even while fds 1 and 2 point at the log."""
     stream = os.fdopen(os.dup(2), "w", buffering=1)
@@ -281,13 +351,14 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
     say(f"run {run_id}")
     say(f"logs: {log_file}")
     say(describe_trainer(cfg))
-    progress = _ComponentProgress(cfg.metadata_path, say)
-    progress.start()
+    progress_file = log_file.with_suffix(PROGRESS_SUFFIX)
+    watcher = _ComponentProgress(cfg.metadata_path, say, progress_file)
+    watcher.start()
     error = None
     try:
         # TFX, Beam, TensorFlow and the pip install of the module files print to stdout/stderr,
         # also from subprocesses and C++: send the file descriptors themselves to the log.
-        with _fds_to(log_file):
+        with _fds_to(log_file), _progress_to(progress_file):
             _local_dag_runner(run_id).run(create_pipeline(cfg))
     except AnomaliesFound:
         pass  # the summary lists them from the ExampleValidator's artifact
@@ -296,7 +367,9 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
         error += f" (full log: {log_file})"
     finally:
-        progress.stop()
+        watcher.stop()
+        with contextlib.suppress(OSError):  # every line it held is in the log now
+            progress_file.unlink(missing_ok=True)
         _restore_logs(saved)
     seconds = time.monotonic() - start
     store = metadata.open_store(str(cfg.metadata_path)) if cfg.metadata_path.exists() else None

@@ -52,6 +52,20 @@ def test_blessed_model_is_pushed_as_version_1(first_run):
     assert not [p for p in cfg.push_dir.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_the_runs_log_holds_one_progress_line_per_trainer_epoch(first_run):
+    """The Trainer's epoch lines went through the runner (which shows them on the terminal and
+    logs them as `pipeline.runner`): one per epoch, in order, in the first run's log."""
+    cfg, _ = first_run
+    first_log = sorted((cfg.output_dir / "logs").glob("run-*.log"))[0]
+    epochs = cfg.trainer().train.epochs
+    lines = [line for line in first_log.read_text().splitlines() if " Trainer epoch " in line]
+    assert len(lines) == epochs, lines
+    for k, line in enumerate(lines, start=1):
+        assert f" INFO pipeline.runner Trainer epoch {k}/{epochs}: loss " in line, line
+        assert ", val IoU " in line and " s/epoch, ETA " in line, line
+    assert not list((cfg.output_dir / "logs").glob("*.progress"))  # removed once relayed
+
+
 def test_tfma_reports_every_metric_on_both_splits_with_intervals(first_run):
     _, summary = first_run
     assert list(summary.evaluations) == ["scene", "eval"]
