@@ -11,6 +11,8 @@ to the log, not to the terminal. Without the variable (a compiled pipeline, a co
 hand) the line is logged. Either way one plain line per event, in a terminal as in a log.
 
 Light at module level (the runner imports it): Keras loads when a callback is made.
+`components.cross_validation.epoch_progress` (the label review's epochs) predates this module
+and could use `epoch_progress` here too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def _seconds(seconds: float) -> str:
+    """`9 s`; under a second with one decimal (`0.4 s`): tiny models train that fast."""
+    return f"{seconds:.1f} s" if seconds < 0.95 else f"{seconds:.0f} s"
+
+
 def pace(seconds: list[float]) -> float:
     """Seconds per step: the mean without the first step when there are more (the first
     epoch also traces and compiles the model's functions)."""
@@ -71,7 +78,7 @@ def epoch_line(
     shown = "IoU" if metric == "iou" else metric
     return (
         f"{label} epoch {epoch}/{epochs}: loss {loss:.3f}, val {shown} {score:.3f}, "
-        f"{per_epoch:.0f} s/epoch, ETA {duration(per_epoch * (epochs - epoch))}"
+        f"{_seconds(per_epoch)}/epoch, ETA {duration(per_epoch * (epochs - epoch))}"
     )
 
 
@@ -117,6 +124,6 @@ def trial_line(
     per_trial = sum(seconds) / len(seconds)
     eta = per_trial * max(0, trials - trial) / max(1, workers)
     return (
-        f"{label} trial {trial}/{trials}: {metric} {score:.3f}, {seconds[-1]:.0f} s, "
+        f"{label} trial {trial}/{trials}: {metric} {score:.3f}, {_seconds(seconds[-1])}, "
         f"ETA {duration(eta)}"
     )

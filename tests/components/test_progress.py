@@ -22,6 +22,9 @@ def test_an_epoch_line_shows_loss_validation_iou_pace_and_the_trainers_eta():
     assert last.endswith("5 s/epoch, ETA 0 s")
     # A metric the epoch did not log shows as nan, not as an error.
     assert "val f1 nan" in progress.epoch_line("T", 1, 2, {"loss": 1.0}, [3.0], "f1")
+    # Tiny models train in under a second an epoch: not "0 s/epoch".
+    fast = progress.epoch_line("T", 2, 9, {}, [30.0, 0.42], "iou")
+    assert fast.endswith("0.4 s/epoch, ETA 3 s")
 
 
 def test_a_trial_line_shows_its_score_and_the_eta_of_the_trials_not_started():
@@ -60,7 +63,8 @@ def test_lines_go_to_the_runners_file_when_it_names_one_else_to_logging(
 
 
 EPOCH = re.compile(
-    r"^Trainer epoch (\d+)/(\d+): loss \d+\.\d{3}, val IoU (\d+\.\d{3}|nan), \d+ s/epoch, ETA "
+    r"^Trainer epoch (\d+)/(\d+): loss \d+\.\d{3}, val IoU (\d+\.\d{3}|nan), "
+    r"\d+(\.\d)? s/epoch, ETA "
 )
 
 

@@ -317,6 +317,14 @@ def test_real_data_smoke_run(real_data, tmp_path):
     assert {"pixel_accuracy", "iou", "f1"} <= set(summary.metrics)
     line = "Trainer: preset cpu (efficientnet_lite0"
     assert any(m.startswith(line) and "changed: train.batch_size=2" in m for m in said), said
+    # The terminal: the Trainer's one epoch between its start and end lines, and each
+    # Evaluator's start line saying what it does.
+    trainer = [m for m in said if m.startswith(("> Trainer ", "  Trainer epoch", "< Trainer "))]
+    assert len(trainer) == 3 and trainer[0] == "> Trainer ...", said
+    assert trainer[1].startswith("  Trainer epoch 1/1: loss "), said
+    assert trainer[2].startswith("< Trainer done in "), said
+    for node, activity in nodes.ACTIVITIES.items():
+        assert f"> {node} ... ({activity})" in said, said
     trained_with = json.loads(
         next(
             (cfg.pipeline_root / "Trainer" / "model_run").glob(f"*/{trainer_lib.CONFIG_FILE}")
