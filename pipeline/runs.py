@@ -204,12 +204,11 @@ def digest_of(run: metadata.RunRecord) -> RunDigest:
 
     A run without one (recorded before the runner wrote it, or whose process was killed before
     it summed up) is read from its outputs, as the run's summary reads them
-    (`pipeline.summary.summarize_record`): the conversion report and the
-    anomalies from ML Metadata and small files, and the metrics from an Evaluator's TFMA output
-    if one finished (TFX publishes a component's outputs only when it completes). Only that
-    last read loads TFMA and TensorFlow (about 13 CPU s, once per `tailings runs`): a killed
-    run whose Evaluator finished still shows its metrics, one killed earlier shows "-" at no
-    cost."""
+    (`pipeline.summary.summarize_record`): the conversion report and the anomalies from ML
+    Metadata and small files, and the metrics from an Evaluator's TFMA output if one finished
+    (TFX publishes a component's outputs only when it completes). Only that last read loads
+    TFMA and TensorFlow (about 13 CPU s, once per `tailings runs`): a killed run whose
+    Evaluator finished still shows its metrics, one killed earlier shows "-" at no cost."""
     recorded = run.properties.get(nodes.RUN_SUMMARY_PROPERTY)
     digest = RunDigest.from_json(recorded) if isinstance(recorded, str) else None
     if digest is not None:
