@@ -25,6 +25,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from components import metrics as metrics_lib
+from components import progress
 from components.config import TrainConfig, TrainerConfig, with_hyperparameters
 from components.transform_lib import (
     CRS_WKT_XF,
@@ -744,6 +745,10 @@ def run_fn(fn_args: Any) -> None:
     callbacks = [
         *fit_callbacks(train_config),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        # A line per epoch on the terminal of `tailings run` and in its log.
+        progress.epoch_progress(
+            progress.TRAINER_LABEL, train_config.epochs, metric=metrics_lib.IOU
+        ),
     ]
     history = model.fit(
         train_dataset,

@@ -37,7 +37,7 @@ import numpy as np
 from keras_tuner.engine import base_tuner
 from tfx.components.tuner.component import TunerFnResult
 
-from components import cross_validation
+from components import cross_validation, progress
 from components.config import (
     TUNE_KEY,
     TrainerConfig,
@@ -193,18 +193,28 @@ class SceneWindowTuner(base_tuner.BaseTuner):
     """A KerasTuner tuner whose trials run the Trainer's training (see the module docstring)."""
 
     def run_trial(  # type: ignore[override]
-        self, trial: Any, data: TrialData, base: dict[str, Any], epochs: int
+        self,
+        trial: Any,
+        data: TrialData,
+        base: dict[str, Any],
+        epochs: int,
+        trials: int = 1,
+        workers: int = 1,
     ) -> dict[str, float]:
+        """One trial: train `epochs` epochs with the trial's values, score the scene windows.
+        `trials` and `workers` (the search's, TuneConfig) only feed its progress line."""
         config = trial_config(
             TrainerConfig.from_custom_config(base), trial.hyperparameters.values, epochs
         )
         fit, held_out, scene = data.load()
         started = time.monotonic()
-        progress = cross_validation.epoch_progress(  # a line per epoch in the trial's log
-            lambda line: print(line, flush=True), f"{self.tuner_id} trial {trial.trial_id}", epochs
+        epoch_lines = progress.epoch_progress(  # a line per epoch in the trial's log
+            f"{self.tuner_id} trial {trial.trial_id}",
+            epochs,
+            say=lambda line: print(line, flush=True),
         )
         result = cross_validation.train_and_predict(
-            fit, held_out, config, scene=scene, callbacks=[progress], predict_held_out=False
+            fit, held_out, config, scene=scene, callbacks=[epoch_lines], predict_held_out=False
         )
         assert result.scene is not None  # asked for above
         scores = cross_validation.pixel_scores(
@@ -212,11 +222,24 @@ class SceneWindowTuner(base_tuner.BaseTuner):
             scene.masks,
             config.model.decision_threshold,
         )
+        seconds = time.monotonic() - started
+        # A line per trial on the terminal of `tailings run` and in its log, from every process.
+        self.trial_seconds = [*getattr(self, "trial_seconds", []), seconds]
+        progress.emit(
+            progress.trial_line(
+                progress.TUNER_LABEL,
+                int(trial.trial_id) + 1,
+                trials,
+                scores["iou"],
+                self.trial_seconds,
+                workers,
+            )
+        )
         return {
             OBJECTIVE: scores["iou"],
             SCENE_F1: scores["f1"],
             SCENE_PIXEL_ACCURACY: scores["pixel_accuracy"],
-            SECONDS: time.monotonic() - started,
+            SECONDS: seconds,
             EPOCHS: float(result.epochs),
         }
 
@@ -243,5 +266,7 @@ def tuner_fn(fn_args: Any) -> TunerFnResult:
             "data": TrialData(list(fn_args.train_files), tune.folds, config.train.labels),
             "base": config.to_custom_config(),
             "epochs": tune.epochs,
+            "trials": tune.trials,
+            "workers": tune.workers,
         },
     )

@@ -29,6 +29,14 @@ SCENE_EVALUATOR = "Evaluator"
 TILE_EVALUATOR = "TileEvaluator"
 PUSHER = "Pusher"
 
+# What a component does, on the terminal when it starts (`pipeline.runner`), for those that run
+# for minutes without a progress line of their own: a line about every minute says for how long.
+ACTIVITIES = {
+    SCENE_EVALUATOR: "TFMA: metrics of the scene split's blended predictions, with bootstrap "
+    "intervals, and the gates",
+    TILE_EVALUATOR: "TFMA: the model on the eval tiles, metrics with bootstrap intervals",
+}
+
 # Output keys.
 EXAMPLES = "examples"  # components.example_gen.EXAMPLES_KEY
 CONVERSION_REPORT = "conversion_report"  # components.example_gen.REPORT_KEY

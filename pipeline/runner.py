@@ -1,194 +1,87 @@
 """Run the pipeline with TFX's LocalDagRunner and summarise the run from ML Metadata.
 
-The terminal gets one line per component (start, end, duration, cached or not) and a summary;
-the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it does not bury them.
+The terminal gets one line per component (start, end, duration, cached or not), a line per
+Trainer epoch and per Tuner trial (`components.progress`, relayed from the file the components
+append them to; also written to the run's log), a line about every minute while an Evaluator
+runs, and a summary; the full TFX/Beam/TensorFlow log goes to `<output-dir>/logs/`, where it
+does not bury them.
 
 When a run ends, what `tailings runs` shows of it is recorded on the run's ML Metadata context
 (`pipeline.runs.RunDigest`), so that listing runs reads ML Metadata alone.
 
-At module level this imports only ML Metadata, the stdlib and this project's light modules
-(`tailings runs` imports it for a run recorded without that digest); TFX, TensorFlow and the
-readers of the components' outputs load inside the functions that need them.
+The run's outcome (`RunSummary`, `summarize_record`) is read by `pipeline.summary`, which
+`pipeline.runs` imports too: this module imports both and neither imports it.
+
+At module level this imports only ML Metadata, the stdlib and this project's light modules;
+TFX, TensorFlow and the readers of the components' outputs load inside the functions that
+need them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from data.errors import EXIT_ANOMALIES
+from components import progress
 from data.lock import output_lock
-from data.sites import SITES_FILE
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.runs import RunDigest
-from pipeline.tuning import Search, read_search, search_lines
+from pipeline.summary import RunSummary, summarize_record
 
-if TYPE_CHECKING:
-    from pipeline.evaluation import SplitEvaluation
+log = logging.getLogger(__name__)
 
-# Exit codes of `tailings run` (the README's exit code table; docs/pipeline.md); data
-# anomalies stop a run with `data.errors.EXIT_ANOMALIES` (4), the code `tailings stats
-# --compare` gives drift too.
-EXIT_BLESSED = 0
-EXIT_ERROR = 1
-EXIT_NOT_BLESSED = 3
-
-
-@dataclass
-class RunSummary:
-    run_id: str | None
-    seconds: float
-    converted: int | None = None
-    rejected: list[dict] = field(default_factory=list)
-    # The ConversionReport's sites.jsonl: one row per site (tiles, split, label agreement).
-    sites: list[dict] = field(default_factory=list)
-    anomalies: list[str] = field(default_factory=list)
-    # Per split the Evaluators scored: the scene split (gate) first, then the eval tiles.
-    evaluations: dict[str, SplitEvaluation] = field(default_factory=dict)
-    scene_windows: int | None = None
-    blessed: bool | None = None
-    pushed_version: str | None = None
-    pushed_path: str | None = None
-    reused_version: bool = False
-    error: str | None = None
-    search: Search | None = None  # the Tuner's trials (`tailings run --tune`)
-
-    @property
-    def gate(self) -> SplitEvaluation:
-        """The evaluation that decided the blessing (the scene split's)."""
-        from pipeline.evaluation import SplitEvaluation
-
-        return self.evaluations.get(nodes.SCENE_SPLIT) or SplitEvaluation(nodes.SCENE_SPLIT)
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The gate split's overall metric values."""
-        return self.gate.values()
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """Lower bounds the run applied on the gate split (its recorded EvalConfig)."""
-        return self.gate.lower_bounds()
-
-    @property
-    def failures(self) -> list[str]:
-        return self.gate.failures
-
-    @property
-    def exit_code(self) -> int:
-        if self.anomalies:
-            return EXIT_ANOMALIES
-        if self.error:
-            return EXIT_ERROR
-        return EXIT_BLESSED if self.blessed else EXIT_NOT_BLESSED
-
-    def lines(self) -> list[str]:
-        out = [f"run {self.run_id}: {self.seconds:.0f} s"]
-        if self.converted is not None:
-            kept = [r for r in self.sites if r.get("converted")]
-            in_sites = f" in {len(kept)} sites" if self.sites else ""
-            out.append(
-                f"pairs: {self.converted} converted{in_sites}, {len(self.rejected)} rejected"
-            )
-            if self.scene_windows is not None:
-                eval_sites = sum(1 for r in kept if r.get("split") == nodes.EVAL_SPLIT)
-                source = f"the {eval_sites} eval sites" if self.sites else "the eval tiles"
-                out.append(f"scene split: {self.scene_windows} windows cut from {source}")
-            out += [f"  rejected {r['id']}: {r['reason']} ({r['detail']})" for r in self.rejected]
-        if self.anomalies:
-            out.append(f"anomalies: {len(self.anomalies)} (run stopped before Transform)")
-            out += [f"  {a}" for a in self.anomalies]
-        elif self.converted is not None:
-            out.append("anomalies: none")
-        if self.search is not None:
-            out += search_lines(self.search)
-        for evaluation in self.evaluations.values():
-            out += evaluation_lines(evaluation)
-        if self.blessed is not None:
-            out.append("BLESSED" if self.blessed else "NOT BLESSED: nothing pushed")
-        if self.pushed_path:
-            how = "already serving, not pushed again" if self.reused_version else "pushed"
-            out.append(f"model {how}: version {self.pushed_version} at {self.pushed_path}")
-        if self.error:
-            out.append(f"error: {self.error}")
-        return out
-
-
-TILE_ROWS_SHOWN = 8  # the terminal shows the worst tiles; the report shows them all
-
-
-# What `evaluation_lines` shows of each site's slice (metric, label).
-SITE_METRICS = (
-    (nodes.IOU, "IoU"),
-    (nodes.FACILITY_RECALL, "facility recall"),
-    ("labelled_share", "labelled"),
-)
-
-
-def site_order(metrics: dict, site: str) -> tuple:
-    iou = metrics.get(nodes.IOU)
-    return (iou.value if iou is not None else 2.0, site)
-
-
-def evaluation_lines(e: SplitEvaluation, tile_rows: int = TILE_ROWS_SHOWN) -> list[str]:
-    """One split's metrics with intervals, its gates, and its worst tiles, for the terminal."""
-    from pipeline.evaluation import DROP_GATE
-
-    out = [f"evaluation, {nodes.SPLIT_DESCRIPTIONS.get(e.split, e.split)}:"]
-    out.append(f"  {'metric':<24} value [95 % bootstrap interval]")
-    for name, estimate in sorted(e.metrics.items()):
-        out.append(f"  {name:<24} {estimate}")
-    for g in e.gates:
-        how = "vs. last blessed model, " if g.kind == DROP_GATE else ""
-        verdict = "ok" if g.passed else "FAILED"
-        out.append(f"  gate {g.metric} {how}{g.kind} {g.bound:g}: {e.shown(g)} {verdict}")
-    if e.sites:
-        out.append(f"  by site ({len(e.sites)}; TFMA's slices), lowest IoU first:")
-        for site, m in sorted(e.sites.items(), key=lambda kv: site_order(kv[1], kv[0])):
-            shown = "  ".join(f"{label} {m[name]}" for name, label in SITE_METRICS if name in m)
-            out.append(f"    {site:<12} {shown}")
-    if e.tiles:
-        out.append(
-            f"  worst {min(tile_rows, len(e.tiles))} of {len(e.tiles)} by share of wrong pixels "
-            "(labelled / predicted tailings share, IoU):"
-        )
-        for row in e.tiles[:tile_rows]:
-            out.append(
-                f"    {row.pair_id:<26} {row.wrong_share:6.1%} of wrong pixels  "
-                f"{row.labelled_share:6.1%} / {row.predicted_share:6.1%}  IoU {row.iou:.3f}"
-            )
-    return out
+# While an Evaluator runs, a line this often says for how long so far.
+HEARTBEAT_SECONDS = 60.0
+# Beside the run's log: the file the components append their progress lines to while it runs.
+PROGRESS_SUFFIX = ".progress"
 
 
 class _ComponentProgress(threading.Thread):
-    """One terminal line per component start and end, read from ML Metadata as TFX records it.
+    """The terminal's lines while the pipeline runs, polled every `every` s:
 
-    Polling the store (read-only) instead of parsing log lines keeps this independent of
-    logging set-up, which TFX's components and Beam reconfigure while they run.
+    - one line per component start and end, read from ML Metadata as TFX records it; an
+      Evaluator's start line says what it does (`nodes.ACTIVITIES`), and while it runs a line
+      every `heartbeat` s says for how long so far;
+    - the components' own progress lines (a Trainer epoch, a Tuner trial:
+      `components.progress`), read from the file they append to, shown indented and written
+      to the run's log.
+
+    Polling the store (read-only) and a file instead of parsing log lines keeps this
+    independent of logging set-up, which TFX's components and Beam reconfigure while they run,
+    and of which process a line comes from (the Tuner's trials run in processes of their own).
     """
 
     FINISHED = ("COMPLETE", "CACHED", "FAILED", "CANCELED")
 
-    def __init__(self, sqlite_path: Path, say: Callable[[str], None], every: float = 1.0) -> None:
+    def __init__(
+        self,
+        sqlite_path: Path,
+        say: Callable[[str], None],
+        progress_file: Path | None = None,
+        every: float = 1.0,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
         super().__init__(daemon=True)
         self._path = sqlite_path
         self._say = say
+        self._progress_file = progress_file
+        self._read = 0  # bytes of the progress file already shown
         self._every = every
+        self._heartbeat = heartbeat
         self._since_ms = int(time.time() * 1000)
         self._halt = threading.Event()
         self._nodes: dict[int, str] = {}
         self._done: set[int] = set()
+        self._beats: dict[int, int] = {}  # execution id -> heartbeats shown
 
     def run(self) -> None:
         while not self._halt.wait(self._every):
@@ -200,6 +93,7 @@ class _ComponentProgress(threading.Thread):
         self.poll()
 
     def poll(self) -> None:
+        self._relay_progress()
         if not self._path.exists():
             return
         try:
@@ -212,10 +106,28 @@ class _ComponentProgress(threading.Thread):
         except Exception:  # noqa: BLE001 - the store may be mid-write; the next poll catches up
             return
 
+    def _relay_progress(self) -> None:
+        """Show the progress file's complete lines not shown yet; log them too."""
+        if self._progress_file is None:
+            return
+        try:
+            with open(self._progress_file, "rb") as f:
+                f.seek(self._read)
+                chunk = f.read()
+        except OSError:  # not written yet (or gone): nothing to show
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for its end
+        self._read += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            self._say(f"  {line}")
+            log.info(line)
+
     def _report(self, store, execution) -> None:
         if execution.id not in self._nodes:
-            self._nodes[execution.id] = metadata.node_id(store, execution)
-            self._say(f"> {self._nodes[execution.id]} ...")
+            node = self._nodes[execution.id] = metadata.node_id(store, execution)
+            doing = f" ({nodes.ACTIVITIES[node]})" if node in nodes.ACTIVITIES else ""
+            self._say(f"> {node} ...{doing}")
+        node = self._nodes[execution.id]
         state = metadata.STATES.Name(execution.last_known_state)
         if state in self.FINISHED and execution.id not in self._done:
             self._done.add(execution.id)
@@ -225,7 +137,13 @@ class _ComponentProgress(threading.Thread):
             note = {"CACHED": " (cached)", "FAILED": " FAILED", "CANCELED": " canceled"}.get(
                 state, ""
             )
-            self._say(f"< {self._nodes[execution.id]} done in {took:.1f} s{note}")
+            self._say(f"< {node} done in {took:.1f} s{note}")
+        elif state not in self.FINISHED and node in nodes.ACTIVITIES:
+            running = time.time() - execution.create_time_since_epoch / 1e3
+            beats = int(running // self._heartbeat)
+            if beats > self._beats.get(execution.id, 0):
+                self._beats[execution.id] = beats
+                self._say(f"  {node} still running: {progress.duration(running)} so far")
 
 
 class _LogFile(logging.FileHandler):
@@ -331,6 +249,21 @@ def _flush_or_drop() -> None:
             os.close(devnull)
 
 
+@contextlib.contextmanager
+def _progress_to(path: Path):
+    """Name `path` to the components as the file for their progress lines
+    (`components.progress.PROGRESS_FILE_ENV`, inherited by the processes they start)."""
+    saved = os.environ.get(progress.PROGRESS_FILE_ENV)
+    os.environ[progress.PROGRESS_FILE_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(progress.PROGRESS_FILE_ENV, None)
+        else:
+            os.environ[progress.PROGRESS_FILE_ENV] = saved
+
+
 def terminal_writer() -> Callable[[str], None]:
     """A `say` that reaches the terminal even while fds 1 and 2 point at the log."""
     stream = os.fdopen(os.dup(2), "w", buffering=1)
@@ -418,13 +351,14 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
     say(f"run {run_id}")
     say(f"logs: {log_file}")
     say(describe_trainer(cfg))
-    progress = _ComponentProgress(cfg.metadata_path, say)
-    progress.start()
+    progress_file = log_file.with_suffix(PROGRESS_SUFFIX)
+    watcher = _ComponentProgress(cfg.metadata_path, say, progress_file)
+    watcher.start()
     error = None
     try:
         # TFX, Beam, TensorFlow and the pip install of the module files print to stdout/stderr,
         # also from subprocesses and C++: send the file descriptors themselves to the log.
-        with _fds_to(log_file):
+        with _fds_to(log_file), _progress_to(progress_file):
             _local_dag_runner(run_id).run(create_pipeline(cfg))
     except AnomaliesFound:
         pass  # the summary lists them from the ExampleValidator's artifact
@@ -433,7 +367,9 @@ def _run_locked(cfg: PipelineConfig, say: Callable[[str], None]) -> RunSummary:
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
         error += f" (full log: {log_file})"
     finally:
-        progress.stop()
+        watcher.stop()
+        with contextlib.suppress(OSError):  # every line it held is in the log now
+            progress_file.unlink(missing_ok=True)
         _restore_logs(saved)
     seconds = time.monotonic() - start
     store = metadata.open_store(str(cfg.metadata_path)) if cfg.metadata_path.exists() else None
@@ -466,54 +402,3 @@ def _record_digest(
         )
     except metadata.MetadataStoreError as err:
         say(f"{err} (`tailings runs` reads this run's outputs instead)")
-
-
-def summarize_run(cfg: PipelineConfig, seconds: float, run_id: str | None = None) -> RunSummary:
-    """Read one run's outcome (the latest when `run_id` is None) from ML Metadata and the
-    artifacts it points to. A caller that holds the run's record: `summarize_record`."""
-    store = metadata.open_store(str(cfg.metadata_path))
-    run = metadata.load_run(store, run_id)
-    if run is None:
-        return RunSummary(run_id=None, seconds=seconds, error="no run recorded")
-    return summarize_record(run, seconds)
-
-
-def summarize_record(run: metadata.RunRecord, seconds: float) -> RunSummary:
-    """A run's outcome from its record in ML Metadata and the artifacts it points to (their
-    readers load only for the artifacts the run has)."""
-    s = RunSummary(run_id=run.run_id, seconds=seconds)
-    report = run.artifact(nodes.EXAMPLE_GEN, nodes.CONVERSION_REPORT)
-    if report is not None:
-        s.converted = metadata.custom(report, "converted")
-        s.scene_windows = metadata.custom(report, "scene_windows")
-        rejected = os.path.join(report.uri, "rejected.jsonl")
-        if os.path.exists(rejected):
-            s.rejected = [json.loads(x) for x in open(rejected).read().splitlines() if x]
-        sites = os.path.join(report.uri, SITES_FILE)
-        if os.path.exists(sites):
-            s.sites = [json.loads(x) for x in open(sites).read().splitlines() if x]
-    anomalies = run.artifact(nodes.EXAMPLE_VALIDATOR, nodes.ANOMALIES)
-    if anomalies is not None:
-        from components.anomalies import list_anomalies
-
-        splits = json.loads(metadata.custom(anomalies, "split_names") or "[]") or [
-            nodes.TRAIN_SPLIT,
-            nodes.EVAL_SPLIT,
-        ]
-        s.anomalies = [str(a) for a in list_anomalies(anomalies.uri, splits)]
-    for node, split in nodes.EVALUATORS:
-        evaluation = run.artifact(node, nodes.EVALUATION)
-        if evaluation is not None:
-            from pipeline.evaluation import load_evaluation
-
-            s.evaluations[split] = load_evaluation(evaluation.uri, split)
-    s.search = read_search(run)
-    blessing = run.artifact(nodes.SCENE_EVALUATOR, nodes.BLESSING)
-    if blessing is not None:
-        s.blessed = bool(metadata.custom(blessing, "blessed"))
-    pushed = run.artifact(nodes.PUSHER, nodes.PUSHED_MODEL)
-    if pushed is not None and metadata.custom(pushed, "pushed"):
-        s.pushed_version = metadata.custom(pushed, "pushed_version")
-        s.pushed_path = metadata.custom(pushed, "pushed_destination")
-        s.reused_version = bool(metadata.custom(pushed, "reused_version"))
-    return s

@@ -22,15 +22,13 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig
 from pipeline.evaluation import Estimate, Gate
 from pipeline.nodes import FACILITY_RECALL, IOU, PIXEL_ACCURACY
-
-if TYPE_CHECKING:
-    from pipeline.runner import RunSummary
+from pipeline.summary import RunSummary, summarize_record
 
 # The pipeline's last nodes (nothing consumes their outputs): a run in which both finished ran
 # every component. Without this, a run killed between two components (every execution it
@@ -107,7 +105,7 @@ class RunDigest:
 
     @classmethod
     def of(cls, s: RunSummary) -> RunDigest:
-        """The digest of a run's full summary (`pipeline.runner.summarize_record`)."""
+        """The digest of a run's full summary (`pipeline.summary.summarize_record`)."""
         return cls(
             converted=s.converted,
             anomalies=tuple(s.anomalies),
@@ -206,18 +204,15 @@ def digest_of(run: metadata.RunRecord) -> RunDigest:
 
     A run without one (recorded before the runner wrote it, or whose process was killed before
     it summed up) is read from its outputs, as the run's summary reads them
-    (`pipeline.runner.summarize_record`, imported only then): the conversion report and the
-    anomalies from ML Metadata and small files, and the metrics from an Evaluator's TFMA output
-    if one finished (TFX publishes a component's outputs only when it completes). Only that
-    last read loads TFMA and TensorFlow (about 13 CPU s, once per `tailings runs`): a killed
-    run whose Evaluator finished still shows its metrics, one killed earlier shows "-" at no
-    cost."""
+    (`pipeline.summary.summarize_record`): the conversion report and the anomalies from ML
+    Metadata and small files, and the metrics from an Evaluator's TFMA output if one finished
+    (TFX publishes a component's outputs only when it completes). Only that last read loads
+    TFMA and TensorFlow (about 13 CPU s, once per `tailings runs`): a killed run whose
+    Evaluator finished still shows its metrics, one killed earlier shows "-" at no cost."""
     recorded = run.properties.get(nodes.RUN_SUMMARY_PROPERTY)
     digest = RunDigest.from_json(recorded) if isinstance(recorded, str) else None
     if digest is not None:
         return digest
-    from pipeline.runner import summarize_record
-
     return RunDigest.of(summarize_record(run, 0.0))
 
 

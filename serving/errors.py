@@ -1,6 +1,16 @@
-"""Errors with TF Serving's status codes and its HTTP mapping (http_server.cc ToHTTPStatusCode)."""
+"""The serving layer's errors: `PredictError` (bad input to `tailings predict`), and errors with
+TF Serving's status codes and its HTTP mapping (http_server.cc ToHTTPStatusCode)."""
 
 from __future__ import annotations
+
+from data.errors import TailingsError
+
+
+class PredictError(TailingsError):
+    """Bad input or an unusable model/server; the message names the file and the problem.
+    Here, not in `serving.predict`, so the readers `serving.predict` calls (`serving.sentinel2`)
+    raise it without importing their caller."""
+
 
 # tensorflow.error.Code values and the HTTP status TF Serving's REST API answers them with.
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED = 0, 1, 2, 3, 4

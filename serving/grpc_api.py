@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -63,10 +63,8 @@ from tensorflow_serving.apis import (
 from serving.config import GRPC_PORT
 from serving.errors import FAILED_PRECONDITION, INTERNAL, OK, ServingError
 from serving.manager import ModelManager
+from serving.metrics import Metrics
 from serving.servable import Servable
-
-if TYPE_CHECKING:
-    from serving.server import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -71,14 +71,11 @@ from serving.config import (
     TRAINING_PIXEL_M,
     PredictConfig,
 )
+from serving.errors import PredictError
 
 MASK_NODATA = 255
 BANDS = 3
 WGS84 = "EPSG:4326"
-
-
-class PredictError(TailingsError):
-    """Bad input or an unusable model/server; the message names the file and the problem."""
 
 
 class TileModel(Protocol):

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.predict import PredictError
+from serving.errors import PredictError
 
 MODEL_BANDS = ("B02", "B03", "B04")  # the model's order: blue, green, red
 PRODUCT_TYPES = {"S2MSI1C": "L1C", "S2MSI2A": "L2A"}

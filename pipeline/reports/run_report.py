@@ -21,7 +21,7 @@ from pipeline.reports import html as h
 from pipeline.reports import plots
 from pipeline.reports.config import DEFAULTS, ReportConfig
 from pipeline.reports.stats import open_run
-from pipeline.runner import SITE_METRICS, RunSummary, site_order, summarize_run
+from pipeline.summary import SITE_METRICS, RunSummary, site_order, summarize_run
 from pipeline.tuning import OBJECTIVE_DESCRIPTION, Search, read_search
 
 

@@ -123,7 +123,7 @@ def open_run(cfg: PipelineConfig, run_id: str | None) -> metadata.RunRecord:
 
 def from_run(cfg: PipelineConfig, run_id: str | None = None) -> DataStats:
     """StatisticsGen's splits, the ExampleValidator's anomalies and the rejected pairs of a run."""
-    from pipeline.runner import summarize_run
+    from pipeline.summary import summarize_run
 
     run = open_run(cfg, run_id)
     artifact = run.artifact(nodes.STATISTICS_GEN, nodes.STATISTICS)

@@ -38,8 +38,9 @@ import pytest
 from components.pusher import PUSH_RECORD
 from data.lock import LOCK_NAME
 from pipeline import nodes
-from pipeline.runner import EXIT_BLESSED, RunSummary, run_pipeline, summarize_run
+from pipeline.runner import run_pipeline
 from pipeline.runs import list_runs
+from pipeline.summary import EXIT_BLESSED, RunSummary, summarize_run
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.geotiffs import make_pairs
 from tests.fixtures.pipeline import TILE, tiny_config

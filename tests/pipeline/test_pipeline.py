@@ -19,13 +19,15 @@ from components import blending, scene_predictor_lib, trainer_lib
 from components.config import ModelConfig, TrainConfig, TrainerConfig
 from components.example_gen import SCENE_LAYOUT_FILE
 from components.metrics import THRESHOLD
+from data.errors import EXIT_ANOMALIES
 from data.examples import decode_pair, to_example
 from data.pairs import PairSpec, load_pair
 from pipeline import metadata, nodes
 from pipeline.config import PipelineConfig, Thresholds
 from pipeline.reports import overlays
-from pipeline.runner import EXIT_ANOMALIES, EXIT_BLESSED, EXIT_NOT_BLESSED, run_pipeline
+from pipeline.runner import run_pipeline
 from pipeline.runs import list_runs
+from pipeline.summary import EXIT_BLESSED, EXIT_NOT_BLESSED
 from schemas.features import MASK_NODATA
 from tests.fixtures.geotiffs import make_pair, scene
 from tests.fixtures.pipeline import TILE, tiny_config
@@ -48,6 +50,20 @@ def test_blessed_model_is_pushed_as_version_1(first_run):
     version_dir = cfg.push_dir / "1"
     assert (version_dir / "saved_model.pb").is_file()
     assert not [p for p in cfg.push_dir.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_the_runs_log_holds_one_progress_line_per_trainer_epoch(first_run):
+    """The Trainer's epoch lines went through the runner (which shows them on the terminal and
+    logs them as `pipeline.runner`): one per epoch, in order, in the first run's log."""
+    cfg, _ = first_run
+    first_log = sorted((cfg.output_dir / "logs").glob("run-*.log"))[0]
+    epochs = cfg.trainer().train.epochs
+    lines = [line for line in first_log.read_text().splitlines() if " Trainer epoch " in line]
+    assert len(lines) == epochs, lines
+    for k, line in enumerate(lines, start=1):
+        assert f" INFO pipeline.runner Trainer epoch {k}/{epochs}: loss " in line, line
+        assert ", val IoU " in line and " s/epoch, ETA " in line, line
+    assert not list((cfg.output_dir / "logs").glob("*.progress"))  # removed once relayed
 
 
 def test_tfma_reports_every_metric_on_both_splits_with_intervals(first_run):
@@ -301,6 +317,14 @@ def test_real_data_smoke_run(real_data, tmp_path):
     assert {"pixel_accuracy", "iou", "f1"} <= set(summary.metrics)
     line = "Trainer: preset cpu (efficientnet_lite0"
     assert any(m.startswith(line) and "changed: train.batch_size=2" in m for m in said), said
+    # The terminal: the Trainer's one epoch between its start and end lines, and each
+    # Evaluator's start line saying what it does.
+    trainer = [m for m in said if m.startswith(("> Trainer ", "  Trainer epoch", "< Trainer "))]
+    assert len(trainer) == 3 and trainer[0] == "> Trainer ...", said
+    assert trainer[1].startswith("  Trainer epoch 1/1: loss "), said
+    assert trainer[2].startswith("< Trainer done in "), said
+    for node, activity in nodes.ACTIVITIES.items():
+        assert f"> {node} ... ({activity})" in said, said
     trained_with = json.loads(
         next(
             (cfg.pipeline_root / "Trainer" / "model_run").glob(f"*/{trainer_lib.CONFIG_FILE}")

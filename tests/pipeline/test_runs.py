@@ -295,7 +295,8 @@ def test_runs_recorded_without_a_digest_show_what_their_outputs_hold(pipeline_ru
 
 
 def test_the_runner_records_a_digest_or_says_in_one_line_why_not(tmp_path):
-    from pipeline.runner import RunSummary, _record_digest
+    from pipeline.runner import _record_digest
+    from pipeline.summary import RunSummary
 
     cfg = PipelineConfig(output_dir=tmp_path / "outputs")
     cfg.output_dir.mkdir()

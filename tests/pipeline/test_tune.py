@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from components import trainer_lib, tuner_lib
+from components import progress, trainer_lib, tuner_lib
 from components.config import TRIALS_FILE, TuneConfig
 from pipeline import metadata, nodes
 from pipeline.pipeline import create_pipeline
@@ -30,7 +30,9 @@ def test_tuner_sits_between_transform_and_trainer(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_parallel_trials_and_the_best_hyperparameters_reach_the_exported_model(tmp_path) -> None:
+def test_parallel_trials_and_the_best_hyperparameters_reach_the_exported_model(
+    tmp_path, monkeypatch
+) -> None:
     """Two trials in two worker processes (KerasTuner's chief oracle on 127.0.0.1); the Trainer
     trains with the best trial's values, read back from the exported model's config. The
     Evaluators and the Pusher are the session pipeline's business: this run stops after the
@@ -41,6 +43,9 @@ def test_parallel_trials_and_the_best_hyperparameters_reach_the_exported_model(t
     make_pairs(tmp_path / "data", 14, size=(TILE, TILE))
     tune = TuneConfig(trials=2, epochs=1, workers=2, folds=2, initial_points=1)
     cfg = dataclasses.replace(tiny_config(tmp_path, tmp_path / "data"), tune=tune)
+    # The file `tailings run` names for the components' progress lines, as its runner does.
+    progress_file = tmp_path / "run.progress"
+    monkeypatch.setenv(progress.PROGRESS_FILE_ENV, str(progress_file))
     # A partial run (TFX's RunOptions) up to the Trainer.
     tfx.orchestration.LocalDagRunner().run(
         create_pipeline(cfg), run_options=RunOptions(to_nodes=[nodes.TRAINER])
@@ -77,6 +82,12 @@ def test_parallel_trials_and_the_best_hyperparameters_reach_the_exported_model(t
     }
     assert ran == {"0", "1"}, logs
     assert "epoch 1/1" not in logs["chief"]
+    # A progress line per trial from the worker processes, one per epoch from the Trainer.
+    lines = progress_file.read_text().splitlines()
+    trials = sorted(line.split(":")[0] for line in lines if line.startswith("Tuner trial "))
+    assert trials == ["Tuner trial 1/2", "Tuner trial 2/2"], lines
+    epochs = [line for line in lines if line.startswith("Trainer epoch ")]
+    assert len(epochs) == cfg.trainer().train.epochs, lines
 
     model_dir = run.artifact(nodes.TRAINER, nodes.MODEL).uri
     config_path = os.path.join(

@@ -74,7 +74,7 @@ def test_the_report_lists_every_trial_with_its_duration_and_plots_the_scores(tmp
 
 
 def test_the_run_summary_shows_the_search(tmp_path) -> None:
-    from pipeline.runner import summarize_record
+    from pipeline.summary import summarize_record
 
     lines = summarize_record(_run(tmp_path), 1.0).lines()
     assert any(line.startswith("tuning: 2 of 3 trials completed") for line in lines)

@@ -17,9 +17,10 @@ import pytest
 from serving.config import METRICS_PATH, ServerConfig
 from serving.errors import INVALID_ARGUMENT, NOT_FOUND, OK
 from serving.manager import ModelManager
+from serving.metrics import TFS_LATENCY_LIMITS, TFServingMetrics
 from serving.model_config import ModelEntry
 from serving.servable import Servable
-from serving.server import TFS_LATENCY_LIMITS, EmbeddedServer, TFServingMetrics
+from serving.server import EmbeddedServer
 from tests.serving.conftest import REQUEST_TIMEOUT, Http
 
 LIMIT = 64 * 1024  # the body limit of these servers

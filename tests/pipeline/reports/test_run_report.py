@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.metadata import NodeRun
 from pipeline.reports.run_report import RunReport, load_report, report_html
-from pipeline.runner import RunSummary
+from pipeline.summary import RunSummary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
