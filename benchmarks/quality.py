@@ -2,22 +2,22 @@
 
     .venv/bin/python benchmarks/quality.py [--data DIR] [--preset cpu] [--folds 4] [--only eval]
 
-The pipeline blesses on the eval split (20 % of the pairs by id hash), and its early stopping
-watches the same split, so the eval numbers are mildly optimistic and tuning against them
-overfits 17 images. This script measures how the Trainer's recipe generalises instead:
+The pipeline blesses on the scene split of its few eval sites, and its early stopping watches
+the eval split, so tuning against them overfits a handful of places. This script measures how
+the Trainer's recipe generalises instead:
 
-- the train split (as the pipeline splits it: `SplitConfig` + `ShardPlan`) is cut into
-  `--folds` folds by a hash of the pair id; each fold is predicted by a model trained on the
-  others, so every train pair gets an out-of-fold prediction;
-- the decision threshold that maximises the pooled out-of-fold IoU is what
-  `ModelConfig.decision_threshold` should be (chosen without looking at the eval split);
-- each held-out fold is also laid out as the pipeline lays out the scene split (`data.scenes`:
-  mosaics of unrelated tiles cut on a shifted grid) and its windows are predicted too: the
-  out-of-fold scene score is what a recipe change should be judged on, since the centred
-  tiles reward a model that expects tailings mid-tile;
-- finally one model trains on the whole train split and is scored on the eval split and on
-  the pipeline's scene split (built here from the same eval tiles), as the pipeline's two
-  Evaluators score them, at 0.5 and at the chosen threshold.
+- the train split (as the pipeline splits it: `SplitConfig` + `ShardPlan`, by site) is cut into
+  `--folds` folds by site (`cross_validation.folds_of`: no fold trains on ground another
+  scores); each fold is predicted by a model trained on the others, so every train tile gets
+  an out-of-fold prediction;
+- each held-out fold's sites are also predicted as the pipeline's Evaluator scores the eval
+  sites: each site merged onto one grid and predicted whole, windows blended as `tailings
+  predict` blends them (`blending.blend_scene`), scored against the site label with facilities
+  counted per whole site; and, for comparison, cut into the scene split's windows, each
+  scored alone. The blended sites' out-of-fold score is what a recipe change (and
+  `ModelConfig.decision_threshold`: every threshold is scored) should be judged on;
+- finally (unless `--only cv`) one model trains on the whole train split and is scored on the
+  eval split and on the pipeline's scene split windows (built here from the same eval tiles).
 
 Training is the Trainer's own code fed from memory (`components.cross_validation`, shared with
 `tailings labels review`); pairs the data's `labels.yaml` excludes are left out, as ExampleGen

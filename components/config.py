@@ -80,6 +80,9 @@ class ModelConfig:
     # threshold); chosen by cross-validation inside the train split, never on the eval split:
     # the mosaic-trained recipe's out-of-fold scene windows score best at 0.70 (IoU 0.373 vs
     # 0.354 at 0.5, pixel accuracy 0.900 vs 0.871; benchmarks/results/quality_mosaic.md).
+    # Confirmed on sites: 4 folds by site, 34 held-out sites whole and blended, site labels:
+    # IoU 0.478 at 0.70, flat 0.474-0.479 over 0.65-0.80, 0.454 at 0.5 (docs/evaluation.md,
+    # benchmarks/results/quality_sites_4fold_blended.md).
     decision_threshold: float = 0.7
     # Average the probabilities over flipped/rotated copies of the input in the exported model
     # (every signature, so the Evaluator scores what is served): "flips" = 4 passes, "d4" = 8.
