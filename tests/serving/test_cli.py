@@ -19,6 +19,7 @@ import requests
 
 from tailings.cli import main
 from tests.conftest import PROJECT_ROOT
+from tests.fixtures.cli import MAIN_CASES
 from tests.fixtures.geotiffs import scene, write_geotiff
 from tests.fixtures.pipeline import TILE
 from tests.serving.conftest import write_models_config
@@ -173,19 +174,6 @@ def test_serve_command_serves_until_sigterm(pushed):
 
 
 # --------------------------------------------------------------------------- predict: input first
-# Each argv of a JSON list through `tailings.cli.main` in one fresh interpreter: its exit code
-# and what it printed to stderr, and whether TensorFlow had been imported by the end.
-PREDICT_CASES = """
-import contextlib, io, json, sys
-from tailings.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(argv)
-    results.append({"code": code, "stderr": err.getvalue().splitlines()})
-print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
-"""
 
 
 def test_predict_checks_flags_and_scene_before_loading_tensorflow(tmp_path):
@@ -218,7 +206,7 @@ def test_predict_checks_flags_and_scene_before_loading_tensorflow(tmp_path):
     argvs = [["predict", *map(str, argv)] for argv, _ in cases]
     allowed = ["predict", str(img_23), *out, "--model", str(nope), "--allow-resolution"]
     done = subprocess.run(
-        [sys.executable, "-c", PREDICT_CASES, json.dumps([*argvs, allowed])],
+        [sys.executable, "-c", MAIN_CASES, json.dumps([*argvs, allowed])],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -31,6 +31,7 @@ from serving.predict import MASK_NODATA, PredictError, inspect_scene, predict_sc
 from serving.sentinel2 import L2A_NOTE, BandFiles, ProductError, inspect_product, open_product
 from tailings.cli import main
 from tests.conftest import PROJECT_ROOT
+from tests.fixtures.cli import MAIN_CASES
 from tests.fixtures.geotiffs import scene
 from tests.fixtures.pipeline import TILE
 from tests.fixtures.sentinel2 import EPSG, band_folder, make_product, product_name, zip_product
@@ -133,21 +134,6 @@ def _argvs(tmp_path: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-# Each argv through `tailings.cli.main` in one fresh interpreter: exit code, stderr lines, and
-# whether TensorFlow was imported (it must not be: bad input is refused before it loads).
-CASES = """
-import contextlib, io, json, sys
-from tailings.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(argv)
-    results.append({"code": code, "stderr": err.getvalue().splitlines()})
-print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
-"""
-
-
 def test_bad_products_are_one_line_each_before_tensorflow_loads(tmp_path):
     cases = _argvs(tmp_path)
     version = tmp_path / "models" / "1"
@@ -156,7 +142,7 @@ def test_bad_products_are_one_line_each_before_tensorflow_loads(tmp_path):
     tail = ["--out", str(tmp_path / "out" / "mask.tif"), "--model", str(version.parent)]
     argvs = [["predict", *argv, *tail] for argv, _ in cases]
     done = subprocess.run(
-        [sys.executable, "-c", CASES, json.dumps(argvs)],
+        [sys.executable, "-c", MAIN_CASES, json.dumps(argvs)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
