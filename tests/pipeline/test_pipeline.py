@@ -331,6 +331,35 @@ def test_real_data_smoke_run(real_data, tmp_path):
         ).read_text()
     )
     assert trained_with["train"]["batch_size"] == 2
+    # The pretrained encoder's export (the default encoder, with the default test-time
+    # augmentation): both prediction signatures agree on real tiles, and `predict_image`
+    # refuses sides that are not multiples of the network's size multiple.
+    served = tf.saved_model.load(
+        str(next((cfg.pipeline_root / "Trainer" / "model").glob("*/Format-Serving")))
+    )
+    pairs = [
+        load_pair(
+            PairSpec(i, str(data / "img" / f"img_{i}.tif"), str(data / "mask" / f"mask_{i}.tif"))
+        )
+        for i in ids[:3]
+        if i != "23"  # the study's broken pair
+    ][:2]
+    examples = tf.constant([to_example(p).SerializeToString() for p in pairs])
+    images = tf.constant(np.stack([p.image for p in pairs]))
+    signatures = served.signatures
+    by_example = signatures[trainer_lib.SERVING_DEFAULT](**{trainer_lib.EXAMPLES_INPUT: examples})
+    by_image = signatures[trainer_lib.PREDICT_IMAGE](**{trainer_lib.IMAGES_INPUT: images})
+    # the two paths normalise with float32 ops in a different order; 50 layers amplify it
+    np.testing.assert_allclose(
+        by_example[trainer_lib.PROBABILITIES].numpy(),
+        by_image[trainer_lib.PROBABILITIES].numpy(),
+        atol=2e-4,
+    )
+    multiple = ModelConfig.from_dict(trained_with["model"]).size_multiple
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"multiples of {multiple}"):
+        served.signatures[trainer_lib.PREDICT_IMAGE](
+            **{trainer_lib.IMAGES_INPUT: tf.zeros((1, 448 + multiple // 2, 448, 3))}
+        )
     report = json.loads(
         next(
             (cfg.pipeline_root / "ExampleGen" / "conversion_report").glob("*/summary.json")
