@@ -10,6 +10,10 @@ FETCH_SOURCE ?= $(wildcard ../shared/brazil-tailings)
 OUTPUT ?= outputs
 WORKERS ?= 2
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` (0: one process), one per core of the CI machine; each
+# builds its own session fixtures (the shared tiny pipeline run among them). docs/development.md
+# has the suite's times with one and two.
+TEST_WORKERS ?= 2
 
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -44,7 +48,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(OUTPUT) .pytest_cache .ruff_cache
