@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -326,40 +326,3 @@ def predict_all(
         mode: outputs[[every.index(t) for t in transforms]].mean(axis=0)
         for mode, transforms in TEST_TIME_TRANSFORMS.items()
     }
-
-
-def epoch_progress(
-    say: Callable[[str], None],
-    label: str,
-    epochs: int,
-    remaining_after: Callable[[float], float] = lambda _fold: 0.0,
-) -> Any:
-    """A Keras callback printing `label epoch e/E, loss, val_loss, ETA` after every epoch.
-
-    The ETA counts the epochs left in this fold (at most `epochs`; early stopping may end it
-    sooner) at the mean epoch time so far, plus `remaining_after(seconds a whole fold takes at
-    this pace)` for later work.
-    """
-    import tf_keras as keras
-
-    class _Progress(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None) -> None:  # noqa: ANN001
-            self._start = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None) -> None:  # noqa: ANN001
-            logs = logs or {}
-            done = epoch + 1
-            per_epoch = (time.monotonic() - self._start) / done
-            eta = per_epoch * (epochs - done) + remaining_after(per_epoch * epochs)
-            say(
-                f"{label} epoch {done}/{epochs}: loss {logs.get('loss', float('nan')):.3f}, "
-                f"val_loss {logs.get('val_loss', float('nan')):.3f}, "
-                f"{per_epoch:.0f} s/epoch, ETA {_duration(eta)}"
-            )
-
-    return _Progress()
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

@@ -10,9 +10,8 @@ run in processes of their own (components/tuner.py) and the components' stdout a
 to the log, not to the terminal. Without the variable (a compiled pipeline, a component run by
 hand) the line is logged. Either way one plain line per event, in a terminal as in a log.
 
-Light at module level (the runner imports it): Keras loads when a callback is made.
-`components.cross_validation.epoch_progress` (the label review's epochs) predates this module
-and could use `epoch_progress` here too.
+Light at module level (the runner imports it): Keras loads when a callback is made. The label
+review's fold models (`pipeline.label_review`) print their epochs with `epoch_progress` too.
 """
 
 from __future__ import annotations
@@ -68,25 +67,37 @@ def pace(seconds: list[float]) -> float:
 
 
 def epoch_line(
-    label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: list[float], metric: str
+    label: str,
+    epoch: int,
+    epochs: int,
+    logs: dict[str, float],
+    seconds: list[float],
+    metric: str,
+    later_seconds: float = 0.0,
 ) -> str:
     """The line after epoch `epoch` (1-based) of `epochs`, given the epochs' durations so far.
-    ETA: the epochs left at `pace` (early stopping may end the training sooner)."""
+    ETA: the epochs left at `pace` (early stopping may end the training sooner), plus
+    `later_seconds` of work after this training (the label review's later folds)."""
     per_epoch = pace(seconds)
     loss = logs.get("loss", float("nan"))
     score = logs.get(f"val_{metric}", float("nan"))
     shown = "IoU" if metric == "iou" else metric
     return (
         f"{label} epoch {epoch}/{epochs}: loss {loss:.3f}, val {shown} {score:.3f}, "
-        f"{_seconds(per_epoch)}/epoch, ETA {duration(per_epoch * (epochs - epoch))}"
+        f"{_seconds(per_epoch)}/epoch, ETA {duration(per_epoch * (epochs - epoch) + later_seconds)}"
     )
 
 
 def epoch_progress(
-    label: str, epochs: int, say: Callable[[str], None] = emit, metric: str = "iou"
+    label: str,
+    epochs: int,
+    say: Callable[[str], None] = emit,
+    metric: str = "iou",
+    remaining_after: Callable[[float], float] | None = None,
 ) -> Any:
     """A Keras callback: `epoch_line` after every epoch, and one line if training stops
-    before its last epoch (early stopping)."""
+    before its last epoch (early stopping). `remaining_after(seconds a whole training of
+    `epochs` takes at this pace)` adds the work that follows to the ETA."""
     import tf_keras as keras
 
     class EpochProgress(keras.callbacks.Callback):
@@ -100,7 +111,8 @@ def epoch_progress(
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.seconds.append(time.monotonic() - self._started)
             self.epochs_run = epoch + 1
-            say(epoch_line(label, epoch + 1, epochs, logs or {}, self.seconds, metric))
+            later = remaining_after(pace(self.seconds) * epochs) if remaining_after else 0.0
+            say(epoch_line(label, epoch + 1, epochs, logs or {}, self.seconds, metric, later))
 
         def on_train_end(self, logs: dict | None = None) -> None:
             if 0 < self.epochs_run < epochs:

@@ -168,7 +168,7 @@ def out_of_fold(
     """Train one model per fold on the other folds' tiles (minus `train_excluded`) and predict
     every tile of the fold, and `scene_of(held-out fold)` windows if given. A fold whose
     predictions are in `cache_dir` under the same key is not trained again."""
-    from components import cross_validation
+    from components import cross_validation, progress
 
     mode = config.model.test_time_augmentation
     fold = folds_of(tiles, folds)
@@ -234,9 +234,11 @@ def out_of_fold(
         say(f"{label}: training on {trained.sum()} pairs, predicting {held.sum()}")
         held_split = subset(tiles, held)
         scene = scene_of(held_split) if scene_of is not None else None
-        progress = cross_validation.epoch_progress(say, label, config.train.epochs, remaining(k))
+        epoch_lines = progress.epoch_progress(
+            label, config.train.epochs, say=say, metric="loss", remaining_after=remaining(k)
+        )
         fold_result = cross_validation.train_and_predict(
-            subset(tiles, trained), held_split, config, scene, callbacks=[progress]
+            subset(tiles, trained), held_split, config, scene, callbacks=[epoch_lines]
         )
         trained_seconds.append(fold_result.seconds)
         # Cached as float16: round now too, so a resumed review scores exactly the same numbers.

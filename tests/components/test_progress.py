@@ -102,3 +102,26 @@ def test_early_stopping_ends_with_one_line_that_says_so():
     _fit(5, [StopAfterTwo(), progress.epoch_progress("Trainer", 5, say=said.append)])
     assert len(said) == 3 and all(EPOCH.match(line) for line in said[:2]), said
     assert said[-1] == "Trainer stopped early after 2/5 epochs"
+
+
+def test_work_after_the_training_is_added_to_the_eta():
+    """The label review's fold models: the ETA includes the folds still to train, given what a
+    whole training takes at this pace; the line shows the validation loss."""
+    seen: list[float] = []
+
+    def later(whole_training: float) -> float:
+        seen.append(whole_training)
+        return 3600.0  # an hour of later folds
+
+    said: list[str] = []
+    _fit(
+        2,
+        [
+            progress.epoch_progress(
+                "fold 1/4", 2, say=said.append, metric="loss", remaining_after=later
+            )
+        ],
+    )
+    assert len(said) == 2 and len(seen) == 2 and all(s >= 0 for s in seen), (said, seen)
+    assert said[0].startswith("fold 1/4 epoch 1/2: loss ") and ", val loss " in said[0], said
+    assert said[-1].endswith("ETA 1 h 00 min"), said  # no epochs left: the later work alone

@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 
-from components import cross_validation
+from components import cross_validation, progress
 from components.config import ModelConfig, TrainConfig, TrainerConfig
 from components.cross_validation import FoldResult, Split, fold_of, stack
 from data.labels import EXCLUDE, KEEP, LabelDecision, labels_path, read_labels, write_labels
@@ -190,7 +190,7 @@ def _expected_fake(images: np.ndarray) -> np.ndarray:
 def test_out_of_fold_caches_each_fold_and_reuses_it_only_for_the_same_inputs(tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setattr(cross_validation, "train_and_predict", _fake_trainer(calls))
-    monkeypatch.setattr(cross_validation, "epoch_progress", lambda *a, **k: None)
+    monkeypatch.setattr(progress, "epoch_progress", lambda *a, **k: None)
     split, _ = synthetic_tiles()
     cache = tmp_path / "folds"
     messages: list[str] = []
@@ -236,7 +236,7 @@ def test_out_of_fold_caches_each_fold_and_reuses_it_only_for_the_same_inputs(tmp
 
 def test_resumed_out_of_fold_sees_exactly_what_the_first_run_saw(tmp_path, monkeypatch):
     monkeypatch.setattr(cross_validation, "train_and_predict", _fake_trainer([]))
-    monkeypatch.setattr(cross_validation, "epoch_progress", lambda *a, **k: None)
+    monkeypatch.setattr(progress, "epoch_progress", lambda *a, **k: None)
     split, _ = synthetic_tiles()
     first = lr.out_of_fold(split, TINY, 2, tmp_path)
     again = lr.out_of_fold(split, TINY, 2, tmp_path)
@@ -246,7 +246,7 @@ def test_resumed_out_of_fold_sees_exactly_what_the_first_run_saw(tmp_path, monke
 
 def test_out_of_fold_refuses_an_empty_fold(monkeypatch):
     monkeypatch.setattr(cross_validation, "train_and_predict", _fake_trainer([]))
-    monkeypatch.setattr(cross_validation, "epoch_progress", lambda *a, **k: None)
+    monkeypatch.setattr(progress, "epoch_progress", lambda *a, **k: None)
     split, _ = synthetic_tiles()
     two = cross_validation.subset(split, np.isin(split.ids, ["1", "2"]))
     with pytest.raises(lr.LabelReviewError, match="is empty: use fewer --folds"):
