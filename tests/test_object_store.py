@@ -6,8 +6,11 @@ gs:// URI: tf.io.gfile (TFX's fileio), Beam's FileSystems, and GDAL through rast
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import rasterio
@@ -38,6 +41,14 @@ def test_tf_beam_and_gdal_share_the_store(object_store, tmp_path):
         fh.write(_geotiff_bytes(tmp_path, pixels))
     assert sorted(gfile.listdir(f"{base}/tf")) == ["img.tif", "note.txt", "sub/"]
     assert gfile.stat(f"{base}/tf/note.txt").length == len("from tensorflow")
+
+    # Objects TensorFlow wrote link to the store itself (the fixture's `_LAUNCHER` fix), as
+    # Beam downloads through an object's mediaLink.
+    name = urllib.parse.quote("three-libraries/tf/note.txt", safe="")
+    with urllib.request.urlopen(
+        f"{object_store.url}/storage/v1/b/{object_store.bucket}/o/{name}"
+    ) as r:
+        assert json.load(r)["mediaLink"].startswith(object_store.url + "/")
 
     # Beam lists and reads what TensorFlow wrote, and writes for the others.
     matched = FileSystems.match([f"{base}/tf/*"])[0].metadata_list
