@@ -70,6 +70,13 @@ def test_tf_beam_and_gdal_share_the_store(object_store, tmp_path):
     with FileSystems.open(f"{base}/tf/big.bin") as fh:
         assert fh.read() == big
 
+    # A TensorFlow checkpoint (what SavedModels hold) saves to and restores from the store.
+    weights = tf.Variable(tf.random.stateless_normal([64, 64], seed=[1, 2]))
+    saved = tf.train.Checkpoint(weights=weights).write(f"{base}/tf/ckpt/weights")
+    restored = tf.Variable(tf.zeros([64, 64]))
+    tf.train.Checkpoint(weights=restored).read(saved).assert_consumed()
+    np.testing.assert_array_equal(restored.numpy(), weights.numpy())
+
     # GDAL reads both GeoTIFFs straight from the store (gs:// and /vsigs/ alike).
     with rasterio.open(f"{base}/tf/img.tif") as src:
         np.testing.assert_array_equal(src.read(), pixels)
