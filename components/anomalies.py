@@ -31,10 +31,10 @@ def list_anomalies(uri: str, split_names: list[str]) -> list[Anomaly]:
     found = []
     for split in split_names:
         path = os.path.join(uri, f"Split-{split}", ANOMALIES_FILE)
-        if not os.path.exists(path):
+        content = _read_if_there(path)
+        if content is None:
             continue
-        with open(path, "rb") as fh:
-            anomalies = anomalies_pb2.Anomalies.FromString(fh.read())
+        anomalies = anomalies_pb2.Anomalies.FromString(content)
         for feature, info in sorted(anomalies.anomaly_info.items()):
             problem = info.description or info.short_description
             found.append(Anomaly(split, feature, problem))
@@ -42,3 +42,20 @@ def list_anomalies(uri: str, split_names: list[str]) -> list[Anomaly]:
             info = anomalies.dataset_anomaly_info
             found.append(Anomaly(split, "(dataset)", info.description or info.short_description))
     return found
+
+
+def _read_if_there(path: str) -> bytes | None:
+    """A file's bytes, or None when it does not exist. A gs:// artifact is read with
+    tf.io.gfile (what TFX's fileio uses); a local one with plain Python, so the readers of a
+    local store (`tailings runs`, `stats`) do not import TensorFlow for it."""
+    if "://" in path:
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path, "rb") as fh:
+            return fh.read()
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()

@@ -23,9 +23,12 @@ import os
 import time
 from typing import Any
 
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from tfx import types
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
@@ -40,8 +43,15 @@ from data.convert import (
     summarize,
     with_sites,
 )
-from data.labels import LABELS_FILE, LabelsFileError, labels_path, load_exclusions
-from data.pairs import PairSpec, discover_pairs
+from data.labels import (
+    LABELS_FILE,
+    LabelsFileError,
+    is_uri,
+    labels_path,
+    labels_uri,
+    load_exclusions,
+)
+from data.pairs import PairSpec, discover_pairs, list_objects
 from schemas import features
 
 EXAMPLES_KEY = "examples"
@@ -76,9 +86,25 @@ def input_fingerprint(input_base: str, cfg: PairingConfig = PairingConfig()) -> 
     examples without it.
     Anything that is not a regular file (a folder, a dangling symlink) is skipped, as
     `discover_pairs` skips it.
+
+    An object store `input_base` (gs://...) is fingerprinted from one listing of its objects
+    (`data.pairs.list_objects`: name, size and last update time, which a rewritten object
+    changes: it is a new generation) and the bytes of its `labels.yaml`; no raster is read.
     """
     digest = hashlib.sha256()
     digest.update(("features:" + ",".join(sorted(features.feature_spec())) + "\n").encode())
+    if is_uri(input_base):
+        for sub in ("img", "mask"):
+            folder = FileSystems.join(input_base, sub)
+            for uri, size, updated in list_objects(folder, cfg):
+                name = uri.rsplit("/", 1)[-1]
+                digest.update(f"{sub}/{name}:{size}:{updated!r}\n".encode())
+        labels = labels_uri(input_base)
+        if FileSystems.exists(labels):
+            with FileSystems.open(labels, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                content = hashlib.sha256(fh.read()).hexdigest()
+            digest.update(f"{LABELS_FILE}:{content}\n".encode())
+        return digest.hexdigest()
     for sub in ("img", "mask"):
         folder = os.path.join(input_base, sub)
         if not os.path.isdir(folder):
@@ -128,7 +154,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
         report = artifact_utils.get_single_instance(output_dict[REPORT_KEY])
         specs = discover_pairs(
-            os.path.join(input_base, "img"), os.path.join(input_base, "mask"), PairingConfig()
+            FileSystems.join(input_base, "img"),
+            FileSystems.join(input_base, "mask"),
+            PairingConfig(),
         )
         if not specs:
             raise ConversionError(f"no image/mask GeoTIFFs under {input_base}/img and /mask")
@@ -137,8 +165,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         except LabelsFileError as err:
             raise ConversionError(str(err)) from err
         plan, sites = with_sites(plan, specs)
-        os.makedirs(report.uri, exist_ok=True)
-        rejected_path = os.path.join(report.uri, REJECTED_FILE)
+        fileio.makedirs(report.uri)
+        rejected_path = FileSystems.join(report.uri, REJECTED_FILE)
         sites_path = sites_file_beside(rejected_path)  # report.uri/sites.jsonl
         with self._make_beam_pipeline() as p:
             convert_pairs(p, specs, examples.uri, plan, validation, rejected_path, excluded)
@@ -148,7 +176,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             plan,
             examples.uri,
             rejected_path,
-            os.path.join(report.uri, SUMMARY_FILE),
+            FileSystems.join(report.uri, SUMMARY_FILE),
             time.monotonic() - start,
             workers=1,
             sites=sites,
@@ -163,7 +191,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         layout, windows = self._scene_split(
             specs, plan, sites_path, examples.uri, scene_cfg, validation
         )
-        with open(os.path.join(report.uri, SCENE_LAYOUT_FILE), "w") as fh:
+        with fileio.open(FileSystems.join(report.uri, SCENE_LAYOUT_FILE), "w") as fh:
             json.dump(layout, fh, indent=1)
         names = [name for name, _ in splits] + [scene_cfg.name]
         examples.split_names = artifact_utils.encode_split_names(names)
@@ -189,7 +217,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         split's sites; return its layout and number of windows."""
         import rasterio
 
-        with open(sites_path) as fh:
+        with fileio.open(sites_path) as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
         chosen = {
             r["site"]: r["converted"]
@@ -203,7 +231,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         site_scenes = scenes.plan_site_scenes(chosen, size, cfg)
 
         def shard_path(index: int, count: int) -> str:
-            return os.path.join(
+            return FileSystems.join(
                 uri, SHARD_PATTERN.format(split=cfg.name, shard=index, shards=count)
             )
 
@@ -252,6 +280,15 @@ class GeoTiffExampleGen(base_beam_component.BaseBeamComponent):
 def _check_labels(input_base: str) -> None:
     """Raise `LabelsFileError` for a bad `labels.yaml`; its ids are checked against the pairs
     on disk when `img/` and `mask/` exist (listing two folders, nothing read)."""
+    if is_uri(input_base):
+        if FileSystems.exists(labels_uri(input_base)):
+            images, masks = (FileSystems.join(input_base, sub) for sub in ("img", "mask"))
+            try:
+                known = {s.pair_id for s in discover_pairs(images, masks, PairingConfig())}
+            except FileNotFoundError:
+                known = None
+            load_exclusions(input_base, known_ids=known)
+        return
     if not os.path.lexists(labels_path(input_base)):
         return
     images, masks = os.path.join(input_base, "img"), os.path.join(input_base, "mask")

@@ -8,6 +8,20 @@ already holds the same model bytes, so a re-run on unchanged data never pushes a
 
 A push killed mid-copy leaves its hidden temporary folder behind; each push first removes such
 leftovers (`remove_stale_temps`), never a temporary folder another live push is still filling.
+
+On an object store (a gs:// serving folder, `tailings compile`) there is no rename: it is a
+copy per object. What TF Serving does there (tensorflow/serving,
+`file_system_storage_path_source.cc`, `PollFileSystemForServable`): it lists the base path
+with `GetChildren`, which on GCS "returns all descendants", and keeps the first path part of
+each (`real_children`), so a version folder exists as soon as its first object does; only
+all-digit names are versions (`IndexChildrenByVersion` / `ParseVersionNumber`), so a
+non-numeric prefix is invisible. Its SavedModel loader needs `saved_model.pb`; a version it
+fails to load is retried (`max_num_load_retries`). So `push_to_object_store` stages the
+whole version under a non-numeric `.tmp-...` prefix (the warmup file and push record
+included), then copies it object by object to `<N>/` with `saved_model.pb` last, and deletes
+the staging prefix: a loader that sees `saved_model.pb` sees every other file complete.
+Two Pushers racing for one number on a store are not excluded (no atomic rename there): the
+number is re-checked just before publishing only.
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ log = logging.getLogger(__name__)
 
 def model_fingerprint(model_dir: str) -> str:
     """SHA-256 over the SavedModel's relative paths and bytes (its identity, not its location)."""
+    if _remote(model_dir):
+        return _remote_fingerprint(model_dir)
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(model_dir):
         dirs.sort()
@@ -64,8 +80,47 @@ def model_fingerprint(model_dir: str) -> str:
     return digest.hexdigest()
 
 
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def _object_files(folder: str) -> list[tuple[str, str]]:
+    """(relative path, URI) of every object under a gs:// folder, in `os.walk`'s order with
+    sorted names (a folder's files before its subfolders), as the local fingerprint walks."""
+    import tensorflow as tf
+
+    top = folder.rstrip("/")
+    found = []
+    for root, _, files in tf.io.gfile.walk(top):
+        for name in files:
+            path = f"{root.rstrip('/')}/{name}"
+            found.append((path[len(top) + 1 :], path))
+    return sorted(found, key=lambda f: [(1, p) for p in f[0].split("/")[:-1]] + [(0, f[0])])
+
+
+def _remote_fingerprint(model_dir: str) -> str:
+    import tensorflow as tf
+
+    digest = hashlib.sha256()
+    for rel, path in _object_files(model_dir):
+        if rel == PUSH_RECORD:
+            continue
+        digest.update(rel.encode() + b"\0")
+        with tf.io.gfile.GFile(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def numeric_versions(base_dir: str) -> list[int]:
     """The version folders TF Serving would load, oldest first."""
+    if _remote(base_dir):
+        import tensorflow as tf
+
+        if not tf.io.gfile.isdir(base_dir):
+            return []
+        names = (n.rstrip("/") for n in tf.io.gfile.listdir(base_dir))
+        return sorted(int(n) for n in names if n.isdigit())
     if not os.path.isdir(base_dir):
         return []
     return sorted(int(n) for n in os.listdir(base_dir) if n.isdigit())
@@ -133,7 +188,10 @@ def remove_stale_temps(base_dir: str, now: float | None = None) -> list[str]:
       without a write means its writer is gone, while a few minutes could be a slow copy.
     - anything else (other names, files): not ours, kept.
     Each removal is logged as a warning: a stale folder means an earlier push was killed.
+    On an object store only the first kind is removed (objects have no folder mtime).
     """
+    if _remote(base_dir):
+        return _remove_stale_remote_temps(base_dir)
     if not os.path.isdir(base_dir):
         return []
     now = time.time() if now is None else now
@@ -167,11 +225,75 @@ def remove_stale_temps(base_dir: str, now: float | None = None) -> list[str]:
     return removed
 
 
+def _remove_stale_remote_temps(base_dir: str) -> list[str]:
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(base_dir):
+        return []
+    host, removed = _hostname(), []
+    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(base_dir)):
+        owner = temp_owner(name)
+        if owner is None or owner.host != host:
+            continue
+        if process_is_alive(owner.pid, owner.start_ticks):
+            continue
+        path = f"{base_dir.rstrip('/')}/{name}"
+        tf.io.gfile.rmtree(path)
+        log.warning(
+            "removed stale push folder %s (left by process %s, which is no longer running)",
+            path,
+            owner.pid,
+        )
+        removed.append(path)
+    return removed
+
+
+def push_to_object_store(model_dir: str, base_dir: str, record: dict) -> tuple[int, bool]:
+    """`push_atomically` for a gs:// serving folder: stage under a non-numeric prefix, then
+    copy to `<N>/` with `saved_model.pb` last (why: the module docstring)."""
+    import tensorflow as tf
+
+    gfile = tf.io.gfile
+    remove_stale_temps(base_dir)
+    fingerprint = model_fingerprint(model_dir)
+    version, there = _next_version(base_dir, fingerprint)
+    if there:
+        return version, False
+    base = base_dir.rstrip("/")
+    staging = f"{base}/{temp_name()}"
+    try:
+        for rel, path in _object_files(model_dir):
+            gfile.makedirs(os.path.dirname(f"{staging}/{rel}"))
+            gfile.copy(path, f"{staging}/{rel}", overwrite=True)
+        write_warmup(staging, os.path.basename(base))
+        while True:
+            with gfile.GFile(f"{staging}/{PUSH_RECORD}", "w") as fh:
+                json.dump({**record, "fingerprint": fingerprint, "version": version}, fh, indent=2)
+            if version in numeric_versions(base_dir):  # taken while we staged
+                version, there = _next_version(base_dir, fingerprint)
+                if there:
+                    return version, False
+                continue
+            target = f"{base}/{version}"
+            staged = _object_files(staging)
+            last = [f for f in staged if f[0] == "saved_model.pb"]
+            for rel, path in [f for f in staged if f[0] != "saved_model.pb"] + last:
+                gfile.makedirs(os.path.dirname(f"{target}/{rel}"))
+                gfile.copy(path, f"{target}/{rel}", overwrite=True)
+            return version, True
+    finally:
+        if gfile.exists(staging):
+            gfile.rmtree(staging)
+
+
 def push_atomically(model_dir: str, base_dir: str, record: dict) -> tuple[int, bool]:
     """Copy `model_dir` to `base_dir/<next version>`; returns (version, copied).
 
     Stale temporary folders of killed pushes are removed first (`remove_stale_temps`).
+    A gs:// `base_dir` goes to `push_to_object_store`.
     """
+    if _remote(base_dir):
+        return push_to_object_store(model_dir, base_dir, record)
     remove_stale_temps(base_dir)
     fingerprint = model_fingerprint(model_dir)
     version, there = _next_version(base_dir, fingerprint)
@@ -209,6 +331,14 @@ def _next_version(base_dir: str, fingerprint: str) -> tuple[int, bool]:
     if not versions:
         return 1, False
     latest = os.path.join(base_dir, str(versions[-1]), PUSH_RECORD)
+    if _remote(base_dir):
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(latest):
+            with tf.io.gfile.GFile(latest) as fh:
+                if json.load(fh).get("fingerprint") == fingerprint:
+                    return versions[-1], True
+        return versions[-1] + 1, False
     if os.path.exists(latest):
         with open(latest) as fh:
             if json.load(fh).get("fingerprint") == fingerprint:

@@ -28,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,7 @@ from tfx.components.tuner import component as tuner_component
 from tfx.components.tuner import executor as tuner_executor
 from tfx.components.util import udf_utils
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 
 from components.config import TRIALS_FILE
@@ -98,10 +100,15 @@ def search_in_parallel(
     workers: int,
     log_dir: str,
 ) -> Any:
-    """Run the chief oracle and `workers` trial processes; return the chief's tuner, reloaded."""
-    os.makedirs(working_dir, exist_ok=True)
+    """Run the chief oracle and `workers` trial processes; return the chief's tuner, reloaded.
+
+    `working_dir` may be a gs:// folder (the spec file goes through TFX's fileio). The
+    processes' logs are written to `log_dir` when it is local; for a gs:// `log_dir` they are
+    written to a local temporary folder (a process's output is a local file) and copied
+    there when the search ends, failed or not."""
+    fileio.makedirs(working_dir)
     spec_path = os.path.join(working_dir, SPEC_FILE)
-    with open(spec_path, "w") as f:
+    with fileio.open(spec_path, "w") as f:
         json.dump(
             {
                 "input_dict": artifact_utils.jsonify_artifact_dict(input_dict),
@@ -129,6 +136,9 @@ def search_in_parallel(
         spec_path,
     )
     names = [CHIEF, *(f"tuner{i}" for i in range(workers))]
+    remote_logs = log_dir if "://" in log_dir else None
+    if remote_logs:
+        log_dir = tempfile.mkdtemp(prefix="tuner-logs-")
     logs = {name: os.path.join(log_dir, f"{name}.log") for name in names}
     procs: dict[str, subprocess.Popen] = {}
     try:
@@ -146,6 +156,11 @@ def search_in_parallel(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if remote_logs:
+            fileio.makedirs(remote_logs)
+            for path in logs.values():
+                if os.path.exists(path):
+                    fileio.copy(path, os.path.join(remote_logs, os.path.basename(path)), True)
     # The chief saved its oracle (every trial and score) in the shared folder: load it here
     # as the tuner "chief" without a chief oracle to connect to, so TFX's writer can read it.
     fn_args = fn_args_utils.get_common_fn_args(input_dict, exec_properties, working_dir)
@@ -236,14 +251,14 @@ def write_trials(tuner: Any, path: str, workers: int, started: float) -> None:
         "seconds": time.monotonic() - started,
         "trials": trials,
     }
-    with open(path, "w") as f:
+    with fileio.open(path, "w") as f:  # a local folder or a gs:// artifact
         json.dump(search, f, indent=2)
 
 
 def main(argv: list[str]) -> int:
     """One process of a parallel search (chief or worker, by KERASTUNER_TUNER_ID): TFX's own
     search loop on the inputs and properties in the spec file `argv[0]`."""
-    with open(argv[0]) as f:
+    with fileio.open(argv[0]) as f:
         spec = json.load(f)
     tuner_executor.search(
         artifact_utils.parse_artifact_dict(spec["input_dict"]),

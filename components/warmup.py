@@ -46,8 +46,17 @@ def read_signatures(model_dir: str) -> dict:
 
     saved_model = saved_model_pb2.SavedModel()
     try:
-        with open(path, "rb") as fh:
-            saved_model.ParseFromString(fh.read())
+        if "://" in path:  # an object store (gs://...): TensorFlow's file system
+            import tensorflow as tf
+
+            try:
+                with tf.io.gfile.GFile(path, "rb") as fh:
+                    saved_model.ParseFromString(fh.read())
+            except tf.errors.OpError as err:
+                raise WarmupError(f"{path}: cannot read the SavedModel: {err.message}") from None
+        else:
+            with open(path, "rb") as fh:
+                saved_model.ParseFromString(fh.read())
     except OSError as err:
         raise WarmupError(f"{path}: cannot read the SavedModel: {err.strerror}") from None
     except DecodeError as err:
@@ -122,7 +131,10 @@ def write_warmup(model_dir: str, model_name: str) -> str:
     tile = serving_tile_size(read_signatures(model_dir), where=model_dir)
     logs = warmup_logs(model_name, tile)[:MAX_WARMUP_RECORDS]
     path = os.path.join(model_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if "://" in path:
+        tf.io.gfile.makedirs(os.path.dirname(path))
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for log in logs:
             writer.write(log.SerializeToString())
@@ -135,7 +147,7 @@ def read_warmup(model_dir: str) -> Sequence:
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = os.path.join(model_dir, WARMUP_FILE)
-    if not os.path.exists(path):
+    if not (tf.io.gfile.exists(path) if "://" in path else os.path.exists(path)):
         return []
     logs = []
     for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):

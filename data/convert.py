@@ -97,11 +97,16 @@ def atomic_tfrecord(final: str) -> Iterator:
 
     On any error the temporary file is removed; an error of the file system itself (a full
     disk, a read-only or vanished folder) becomes a `ShardWriteError` naming the shard and the
-    OS error, instead of TensorFlow's or Beam's exception types."""
+    OS error, instead of TensorFlow's or Beam's exception types.
+
+    On an object store (gs://...) the shard is written to `final` itself: an object becomes
+    visible only when its upload completes, whole, so the rename (a copy and a delete there,
+    through GCS's batch API) would buy nothing; on an error the object is removed."""
     import tensorflow as tf
 
     parent = final.rsplit("/", 1)[0]
-    temp = f"{final}.tmp-{uuid.uuid4().hex}"
+    remote = "://" in final
+    temp = final if remote else f"{final}.tmp-{uuid.uuid4().hex}"
     writer = None
     try:
         if not FileSystems.exists(parent):
@@ -109,13 +114,16 @@ def atomic_tfrecord(final: str) -> Iterator:
         writer = tf.io.TFRecordWriter(temp, options="GZIP")
         yield writer
         writer.close()  # flushes: a full disk often shows only here
-        FileSystems.rename([temp], [final])
+        if not remote:
+            FileSystems.rename([temp], [final])
     except BaseException as err:
         with contextlib.suppress(Exception):
             if writer is not None:
                 writer.close()
         with contextlib.suppress(Exception):
-            if FileSystems.exists(temp):
+            if remote and tf.io.gfile.exists(temp):
+                tf.io.gfile.remove(temp)
+            elif FileSystems.exists(temp):
                 FileSystems.delete([temp])
         if isinstance(err, (OSError, tf.errors.OpError)):
             raise ShardWriteError(f"cannot write shard {final} ({_os_error_text(err)})") from err

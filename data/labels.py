@@ -61,8 +61,21 @@ class LabelsFileError(TailingsError, ValueError):
 
 
 def labels_path(input_base: str | os.PathLike) -> Path:
-    """Where the labels file of a data folder (the one holding `img/` and `mask/`) lives."""
+    """Where the labels file of a data folder (the one holding `img/` and `mask/`) lives.
+    For a URI (gs://...) see `labels_uri`."""
     return Path(input_base) / LABELS_FILE
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """An object store URI (gs://bucket/...), read with Beam's FileSystems, not the OS."""
+    return "://" in str(path)
+
+
+def labels_uri(input_base: str) -> str:
+    """`labels_path` for a URI input base: `Path` would fold its `//`."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(input_base, LABELS_FILE)
 
 
 def read_labels(
@@ -73,13 +86,13 @@ def read_labels(
     With `known_ids` (the pair ids found in the data), an id not among them is an error: a
     typo would otherwise leave the pair it meant in the training data.
     """
-    path = Path(path)
+    path = str(path) if is_uri(path) else Path(path)
 
     def fail(problem: str) -> LabelsFileError:
         return LabelsFileError(f"{path}: {problem}")
 
     try:
-        raw = path.read_bytes()
+        raw = _read_uri(path) if isinstance(path, str) else path.read_bytes()
     except OSError as err:
         raise fail(f"cannot read: {err.strerror or err}") from None
     try:
@@ -177,10 +190,27 @@ def load_exclusions(
     input_base: str | os.PathLike, known_ids: Collection[str] | None = None
 ) -> dict[str, str]:
     """The exclusions of a data folder's labels file; {} when it has none."""
+    if is_uri(input_base):
+        from apache_beam.io.filesystems import FileSystems
+
+        uri = labels_uri(str(input_base))
+        return exclusions(read_labels(uri, known_ids)) if FileSystems.exists(uri) else {}
     path = labels_path(input_base)
     if not os.path.lexists(path):
         return {}
     return exclusions(read_labels(path, known_ids))
+
+
+def _read_uri(uri: str) -> bytes:
+    """An object's bytes through Beam's FileSystems (its errors as OSError, like a file's)."""
+    from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            return fh.read()
+    except (BeamIOError, OSError, ValueError) as err:
+        raise OSError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
 
 def _quoted(text: str) -> str:

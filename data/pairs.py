@@ -109,6 +109,14 @@ class PairError(Exception):
         self.detail = detail
 
 
+class _Uri(str):
+    """An object URI with the two `Path` attributes pairing uses (`str()` is the URI)."""
+
+    @property
+    def stem(self) -> str:
+        return Path(self.rsplit("/", 1)[-1]).stem
+
+
 def _pair_key(path: Path, prefix: str) -> str:
     stem = path.stem
     return stem[len(prefix) :] if stem.startswith(prefix) and len(stem) > len(prefix) else stem
@@ -126,24 +134,53 @@ def _list_rasters(folder: Path, cfg: PairingConfig) -> list[Path]:
     )
 
 
+def list_objects(folder: str, cfg: PairingConfig) -> list[tuple[str, int, float]]:
+    """(URI, size, last update in seconds) of the rasters directly in an object store
+    "folder" (gs://bucket/data/img), sorted, from one listing with Beam's FileSystems (its
+    `*` does not cross `/`). Hidden names are skipped as on disk; a prefix with no objects
+    lists nothing (object stores have no empty folders)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(folder.rstrip("/"), "*")
+    found = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        name = meta.path.rsplit("/", 1)[-1]
+        if name and not name.startswith(".") and Path(name).suffix.lower() in cfg.extensions:
+            found.append((meta.path, meta.size_in_bytes, meta.last_updated_in_seconds))
+    return sorted(found)
+
+
 def discover_pairs(
     images_dir: str | Path, masks_dir: str | Path, cfg: PairingConfig = PairingConfig()
 ) -> list[PairSpec]:
     """Pair `img_<id>.tif` with `mask_<id>.tif` (or equal file names) across two folders.
 
     Unpaired files come back as specs with one side missing, so they are rejected and reported
-    like any other bad pair instead of being silently ignored.
+    like any other bad pair instead of being silently ignored. The folders may be object store
+    URIs (gs://...): listed with `list_objects`, and a spec's paths are then URIs, which GDAL
+    opens directly (/vsigs/).
     """
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    for label, folder in (("images", images_dir), ("masks", masks_dir)):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{label} folder does not exist: {folder}")
+    if "://" in str(images_dir) or "://" in str(masks_dir):
+        remote = {
+            "image": [o[0] for o in list_objects(str(images_dir), cfg)],
+            "mask": [o[0] for o in list_objects(str(masks_dir), cfg)],
+        }
+        for label, side, folder in (("images", "image", images_dir), ("masks", "mask", masks_dir)):
+            if not remote[side]:
+                raise FileNotFoundError(f"{label} folder has no rasters: {folder}")
+    else:
+        images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+        for label, folder in (("images", images_dir), ("masks", masks_dir)):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{label} folder does not exist: {folder}")
+        remote = None
     by_key: dict[str, dict[str, list[Path]]] = {}
     for side, folder, prefix in (
         ("image", images_dir, cfg.image_prefix),
         ("mask", masks_dir, cfg.mask_prefix),
     ):
-        for path in _list_rasters(folder, cfg):
+        paths = _list_rasters(folder, cfg) if remote is None else [_Uri(u) for u in remote[side]]
+        for path in paths:
             by_key.setdefault(_pair_key(path, prefix), {"image": [], "mask": []})[side].append(path)
     specs = []
     for key in sorted(by_key, key=_natural_key):

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.object_store import object_store, point_tensorflow_here  # noqa: F401
+
 # TFX/TFMA 1.16 need Keras-2 SavedModels; this must be set before TensorFlow is imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tf.io.gfile's gs:// is the tensorflow-io plugin aimed at the session's local object store
+# (the `object_store` fixture), which TensorFlow takes only if told before its import.
+point_tensorflow_here()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(
