@@ -35,20 +35,17 @@ GATE_METRICS = ("iou", "pixel_accuracy", "accuracy_gain", "facility_recall", "fa
 
 def run_seed(data: Path, seed: int, workdir: Path) -> dict:
     """One `tailings run` of the default recipe with `seed`, timed as a process."""
-    from pipeline.config import PipelineConfig
-    from pipeline.summary import summarize_run
-
     out = workdir / f"seed-{seed}"
-    cfg = PipelineConfig(data_dir=data, output_dir=out / "outputs", serving_dir=out / "serving")
+    out.mkdir(parents=True, exist_ok=True)
     argv = [
         str(Path(sys.executable).with_name("tailings")),
         "run",
         "--data",
         str(data),
         "--output-dir",
-        str(cfg.output_dir),
+        str(out / "outputs"),
         "--serving-dir",
-        str(cfg.serving_dir),
+        str(out / "serving"),
         "--workers",
         "2",
     ]
@@ -61,19 +58,32 @@ def run_seed(data: Path, seed: int, workdir: Path) -> dict:
     load_after = os.getloadavg()[0]
     (out / "stdout.txt").write_text(proc.stdout)
     (out / "stderr.txt").write_text(proc.stderr)
-    summary = summarize_run(cfg, seconds)
-    gate = summary.gate
-    from pipeline import metadata
-
-    record = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
     return {
         "seed": seed,
         "argv": argv[1:],
         "exit_code": proc.returncode,
-        "blessed": summary.blessed,
-        "pushed_version": summary.pushed_version,
         "seconds": round(seconds, 1),
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
+        **read_back(data, out),
+    }
+
+
+def read_back(data: Path, out: Path) -> dict:
+    """The outcome of the run in `out` from its ML Metadata store, as `tailings runs` and
+    `tailings report` read it."""
+    from pipeline import metadata
+    from pipeline.config import PipelineConfig
+    from pipeline.summary import summarize_run
+
+    cfg = PipelineConfig(data_dir=data, output_dir=out / "outputs", serving_dir=out / "serving")
+    summary = summarize_run(cfg, 0.0)
+    gate = summary.gate
+    record = metadata.load_run(metadata.open_store(str(cfg.metadata_path)), summary.run_id)
+    return {
+        "run_id": summary.run_id,
+        "converted": summary.converted,
+        "blessed": summary.blessed,
+        "pushed_version": summary.pushed_version,
         "components": {
             r.node_id: round(r.seconds, 1)
             for r in sorted(record.nodes.values(), key=lambda r: r.start_ms)
@@ -102,6 +112,7 @@ def markdown(result: dict) -> str:
         "bootstrap. Load average (1 min) before and after each run says how quiet the machine "
         "was (2 cores: a quiet machine reads well under 2 at the start).",
         "",
+        *([f"Note: {result['note']}", ""] if result.get("note") else []),
         "| seed | outcome | seconds | load before / after | IoU | pixel accuracy "
         "(all-background) | accuracy gain | facility recall | facility precision |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -121,7 +132,8 @@ def markdown(result: dict) -> str:
         bg = m.get("all_background_accuracy", {}).get("value")
         lines.append(
             f"| {r['seed']} | {outcome} | {r['seconds']:.0f} | "
-            f"{r['load_average_1min'][0]} / {r['load_average_1min'][1]} | {v('iou')} | "
+            f"{' / '.join('-' if x is None else str(x) for x in r['load_average_1min'])} | "
+            f"{v('iou')} | "
             f"{v('pixel_accuracy', '.4f')} ({bg:.4f}) | {v('accuracy_gain')} | "
             f"{v('facility_recall', '.2f')} | {v('facility_precision', '.2f')} |"
         )
@@ -146,28 +158,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"whole_run: no img/ folder in {args.data}", file=sys.stderr)
         return 1
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="whole-run-"))
-    runs = []
-    for seed in args.seeds:
-        print(f"seed {seed} ...", file=sys.stderr, flush=True)
-        runs.append(run_seed(args.data, seed, workdir))
-        r = runs[-1]
-        print(f"seed {seed}: exit {r['exit_code']}, {r['seconds']:.0f} s", file=sys.stderr)
-    converted = None
-    report = next(workdir.glob("seed-*/outputs/pipeline/ExampleGen/*/*/summary.json"), None)
-    if report:
-        converted = json.loads(report.read_text()).get("converted")
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "data": str(args.data),
-        "converted": converted,
-        "peak_rss_mb_largest_child": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        ),
-        "runs": runs,
+        "runs": [],
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
+    for seed in args.seeds:
+        print(f"seed {seed} ...", file=sys.stderr, flush=True)
+        r = run_seed(args.data, seed, workdir)
+        result["runs"].append(r)
+        result["converted"] = r["converted"]
+        result["peak_rss_mb_largest_child"] = round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        )
+        # Written after every seed: a long run stopped half-way keeps the seeds it finished.
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(result))
+        print(f"seed {seed}: exit {r['exit_code']}, {r['seconds']:.0f} s", file=sys.stderr)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}", file=sys.stderr)
     return 0
 

@@ -153,6 +153,7 @@ def create_pipeline(cfg: PipelineConfig) -> tfx.dsl.Pipeline:
         input_base=remote.data if remote else str(cfg.data_dir),
         config=cfg.split,
         tile_size=cfg.transform.tile_size,
+        offline=remote is not None,  # compiled for a cloud: the bucket may be out of reach
     ).with_id(nodes.EXAMPLE_GEN)
     schema_file = (
         f"{remote.image_project_dir}/{Path(SCHEMA_FILE).relative_to(SCHEMA_DIR.parent)}"
