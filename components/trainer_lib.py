@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +50,8 @@ from components.unet import (
     symmetry_average,
 )
 from schemas import features
+
+log = logging.getLogger(__name__)
 
 # Signature and tensor names of the exported model.
 SERVING_DEFAULT = "serving_default"
@@ -760,11 +764,15 @@ def run_fn(fn_args: Any) -> None:
         verbose=2,
     )
 
+    # What follows fit() is timed in the log: it counts against the run's 15-minute budget.
+    started = time.monotonic()
     # One pass: caching it would hold a second in-memory copy of the train split.
     once = dataclasses.replace(train_config, cache=False)
     finish_training(
         model, train_config, make_dataset(fn_args.train_files, feature_spec, once, False)
     )
+    log.info("Trainer: batch-norm statistics re-estimated in %.1f s", time.monotonic() - started)
+    started = time.monotonic()
     # After training (the loss needs the raw probabilities), before figures and export.
     shift_decision_threshold(model, config.model.decision_threshold)
 
@@ -785,6 +793,8 @@ def run_fn(fn_args: Any) -> None:
         label=label_key(train_config.labels),
     )
 
+    log.info("Trainer: history and figures written in %.1f s", time.monotonic() - started)
+    started = time.monotonic()
     export_serving_model(
         model,
         tf_transform_output,
@@ -797,3 +807,4 @@ def run_fn(fn_args: Any) -> None:
     # The recipe travels with the model (and with every version the Pusher copies): TF Serving
     # ignores assets.extra except for its warmup requests.
     _write_bytes(os.path.join(fn_args.serving_model_dir, ASSETS_EXTRA, CONFIG_FILE), config_json)
+    log.info("Trainer: serving model exported in %.1f s", time.monotonic() - started)

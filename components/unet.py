@@ -281,14 +281,31 @@ def symmetry_outputs(
     model: keras.Model, images: tf.Tensor, transforms: tuple[tuple[bool, int], ...]
 ) -> list[tf.Tensor]:
     """The model's probabilities for each (mirror, quarter turns) copy of `images`, mapped
-    back to the input's orientation: one forward pass per transform."""
-    outputs = []
-    for flip, turns in transforms:
-        x = tf.reverse(images, axis=[2]) if flip else images
-        y = model(tf.image.rot90(x, turns), training=False)
-        y = tf.image.rot90(y, (4 - turns) % 4)
-        outputs.append(tf.reverse(y, axis=[2]) if flip else y)
-    return outputs
+    back to the input's orientation, in the order of `transforms`.
+
+    Copies of one shape go through the model as one batch (half turns keep the shape, odd
+    quarter turns swap the sides of a non-square input): one call per shape instead of one
+    per transform, so exporting a signature traces the network once or twice, not four or
+    eight times (the export of the default recipe, `flips`, took as long again as with no
+    test-time augmentation). Each copy's probabilities are the same as from its own call:
+    inference-mode layers treat the samples of a batch independently.
+    """
+    outputs: dict[int, tf.Tensor] = {}
+    for odd in (False, True):
+        group = [(i, flip, turns) for i, (flip, turns) in enumerate(transforms) if turns % 2 == odd]
+        if not group:
+            continue
+        copies = [
+            tf.image.rot90(tf.reverse(images, axis=[2]) if flip else images, turns)
+            for _, flip, turns in group
+        ]
+        batch = copies[0] if len(copies) == 1 else tf.concat(copies, axis=0)
+        answers = model(batch, training=False)
+        parts = [answers] if len(group) == 1 else tf.split(answers, len(group), axis=0)
+        for (i, flip, turns), y in zip(group, parts, strict=True):
+            y = tf.image.rot90(y, (4 - turns) % 4)
+            outputs[i] = tf.reverse(y, axis=[2]) if flip else y
+    return [outputs[i] for i in range(len(transforms))]
 
 
 def symmetry_average(model: keras.Model, images: tf.Tensor, mode: str) -> tf.Tensor:
@@ -296,7 +313,8 @@ def symmetry_average(model: keras.Model, images: tf.Tensor, mode: str) -> tf.Ten
 
     Tailings have no preferred orientation in a nadir image, and the model was trained on
     flipped and rotated tiles; averaging its answers for transformed copies of the input
-    cancels part of its orientation-dependent error. Costs one forward pass per transform.
+    cancels part of its orientation-dependent error. Costs one forward pass per transform
+    (batched: `symmetry_outputs`).
     """
     outputs = symmetry_outputs(model, images, TEST_TIME_TRANSFORMS[mode])
     return outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / float(len(outputs))

@@ -104,6 +104,9 @@ def eval_config(cfg: PipelineConfig, gate: bool = True, blended: bool = False) -
     else:
         model_specs = [
             tfma.ModelSpec(
+                # Named, TFMA would otherwise load the SavedModel as a Keras model once just to
+                # find its type, and again in each worker; its signatures are all it calls.
+                model_type=tfma_constants.TF_GENERIC,
                 signature_name="serving_default",
                 preprocessing_function_names=["transform_features"],
                 label_key=transform_lib.label_key(cfg.trainer().train.labels),

@@ -19,11 +19,11 @@ from components.example_gen import (
     input_fingerprint,
 )
 from data.config import SplitConfig
-from data.convert import ConversionError, ShardPlan
+from data.convert import ConversionError
 from data.labels import EXCLUDE, KEEP, LABELS_FILE, LabelDecision, LabelsFileError, write_labels
 from data.pairs import EXCLUDED_BY_REVIEW, TILE_SIZE
 from data.reader import read_dataset
-from tests.fixtures.geotiffs import make_pair, make_pairs
+from tests.fixtures.geotiffs import make_pair, make_pairs, pairs_in_both_splits
 
 
 def test_fingerprint_covers_the_labels_file_content(tmp_path):
@@ -106,14 +106,8 @@ def _split_ids(examples_uri: Path, split: str) -> set[str]:
 
 def test_executor_rejects_excluded_pairs_from_every_split(tmp_path):
     config = SplitConfig(shards=1)
-    plan = ShardPlan(shards=1, splits=config.splits)
     data = tmp_path / "data"
-    by_split: dict[str, list[str]] = {"train": [], "eval": []}
-    n = 0
-    while len(by_split["eval"]) < 3 or len(by_split["train"]) < 3:
-        n += 1
-        make_pair(data / "img", data / "mask", str(n), size=(32, 32), seed=n)
-        by_split[plan.key(str(n))[0]].append(str(n))
+    by_split = pairs_in_both_splits(data, config.splits)
     excluded = {by_split["eval"][0], by_split["train"][0]}
     write_labels(
         data / LABELS_FILE,

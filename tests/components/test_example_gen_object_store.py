@@ -19,10 +19,9 @@ from components.example_gen import (
     input_fingerprint,
 )
 from data.config import SplitConfig
-from data.convert import ShardPlan
 from data.labels import EXCLUDE, LABELS_FILE, LabelDecision, write_labels
 from data.pairs import EXCLUDED_BY_REVIEW, MISSING_MASK
-from tests.fixtures.geotiffs import make_pair, make_pairs
+from tests.fixtures.geotiffs import make_pair, make_pairs, pairs_in_both_splits
 
 
 def test_fingerprint_of_remote_data_follows_its_objects(object_store, tmp_path):
@@ -46,14 +45,8 @@ def test_fingerprint_of_remote_data_follows_its_objects(object_store, tmp_path):
 
 def test_executor_reads_and_writes_buckets(object_store, tmp_path):
     config = SplitConfig(shards=1)
-    plan = ShardPlan(shards=1, splits=config.splits)
     data = tmp_path / "data"
-    by_split: dict[str, list[str]] = {"train": [], "eval": []}
-    n = 0
-    while len(by_split["eval"]) < 3 or len(by_split["train"]) < 3:
-        n += 1
-        make_pair(data / "img", data / "mask", str(n), size=(32, 32), seed=n)
-        by_split[plan.key(str(n))[0]].append(str(n))
+    by_split = pairs_in_both_splits(data, config.splits)
     excluded = by_split["train"][0]
     write_labels(data / LABELS_FILE, [LabelDecision(excluded, EXCLUDE, "bad polygon")])
     make_pair(tmp_path / "lonely", data / "mask-unused", "99", size=(32, 32))
@@ -89,4 +82,5 @@ def test_executor_reads_and_writes_buckets(object_store, tmp_path):
     assert json.loads(gfile.GFile(f"{report.uri}/{SCENE_LAYOUT_FILE}").read())["sites"]
     for split in ("train", "eval", "scene"):
         assert gfile.glob(f"{examples.uri}/Split-{split}/data_tfrecord-*.gz"), split
-    assert examples.get_int_custom_property("converted") == n - 1
+    made = sum(len(ids) for ids in by_split.values())
+    assert examples.get_int_custom_property("converted") == made - 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,18 +143,25 @@ def test_trials_train_on_the_train_split_less_a_fold_and_score_its_scene_windows
     assert scene.masks.shape[1:3] == (TILE, TILE) and (scene.masks == F.MASK_NODATA).any()
 
 
-def test_the_first_trial_is_the_presets_own_values_then_the_search_explores(tmp_path) -> None:
+def tiny_search(
+    directory: Path, max_trials: int, num_initial_points: int
+) -> tuple[Any, tuner_lib.SceneWindowTuner]:
+    """The Tuner's oracle and tuner over TINY's search space, as `tuner_fn` builds them."""
     import keras_tuner as kt
 
-    hp = tuner_lib.search_space(TINY, TuneConfig())
     oracle = tuner_lib.PresetFirstOracle(
         objective=kt.Objective(tuner_lib.OBJECTIVE, "max"),
-        max_trials=3,
-        hyperparameters=hp,
-        num_initial_points=2,
+        max_trials=max_trials,
+        hyperparameters=tuner_lib.search_space(TINY, TuneConfig()),
+        num_initial_points=num_initial_points,
         seed=1,
     )
-    tuner_lib.SceneWindowTuner(oracle=oracle, directory=str(tmp_path), project_name="t")
+    search = tuner_lib.SceneWindowTuner(oracle=oracle, directory=str(directory), project_name="t")
+    return oracle, search
+
+
+def test_the_first_trial_is_the_presets_own_values_then_the_search_explores(tmp_path) -> None:
+    oracle, _ = tiny_search(tmp_path, max_trials=3, num_initial_points=2)
     first = oracle.create_trial("tuner0")
     assert tuner_lib.trial_config(TINY, first.hyperparameters.values, epochs=1) == TINY
     second = oracle.create_trial("tuner1")

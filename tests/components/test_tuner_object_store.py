@@ -6,24 +6,14 @@ from __future__ import annotations
 import json
 import time
 
-import keras_tuner as kt
 import tensorflow as tf
 
-from components import tuner, tuner_lib
-from components.config import TuneConfig
-from tests.components.test_tuner import TINY
+from components import tuner
+from tests.components.test_tuner import tiny_search
 
 
 def test_trials_file_goes_to_a_bucket(object_store, tmp_path):
-    hp = tuner_lib.search_space(TINY, TuneConfig())
-    oracle = tuner_lib.PresetFirstOracle(
-        objective=kt.Objective(tuner_lib.OBJECTIVE, "max"),
-        max_trials=2,
-        hyperparameters=hp,
-        num_initial_points=1,
-        seed=1,
-    )
-    search = tuner_lib.SceneWindowTuner(oracle=oracle, directory=str(tmp_path), project_name="t")
+    oracle, search = tiny_search(tmp_path, max_trials=2, num_initial_points=1)
     trial = oracle.create_trial("tuner0")
     path = object_store.uri("tuner", "results", tuner.TRIALS_FILE)
 

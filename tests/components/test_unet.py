@@ -198,3 +198,27 @@ def test_every_mode_is_a_subset_of_d4_so_one_set_of_passes_scores_them_all() -> 
     for mode, transforms in TEST_TIME_TRANSFORMS.items():
         subset = outputs[[every.index(t) for t in transforms]].mean(axis=0)
         np.testing.assert_allclose(subset, symmetry_average(model, images, mode).numpy(), atol=1e-6)
+
+
+def test_symmetry_outputs_batch_copies_of_one_shape_into_one_call() -> None:
+    """Each copy's answer equals the model's answer on that copy alone, mapped back; a
+    non-square input takes two calls for d4 (even and odd quarter turns), one for flips."""
+    model = build_model(TINY)
+    images = tf.constant(np.random.default_rng(2).random((2, 32, 64, 3)), tf.float32)
+    calls: list[tuple[int, ...]] = []
+
+    def counting(batch: tf.Tensor, training: bool) -> tf.Tensor:
+        calls.append(tuple(batch.shape))
+        return model(batch, training=training)
+
+    every = TEST_TIME_TRANSFORMS["d4"]
+    outputs = symmetry_outputs(counting, images, every)
+    assert calls == [(8, 32, 64, 3), (8, 64, 32, 3)]
+    for (flip, turns), got in zip(every, outputs, strict=True):
+        x = images[:, :, ::-1] if flip else images
+        alone = tf.image.rot90(model(tf.image.rot90(x, turns), training=False), 4 - turns % 4)
+        expected = alone[:, :, ::-1] if flip else alone
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+    calls.clear()
+    symmetry_outputs(counting, images, TEST_TIME_TRANSFORMS["flips"])
+    assert calls == [(8, 32, 64, 3)]
