@@ -68,12 +68,17 @@ class ConversionReport(types.Artifact):
     sites.jsonl (one line per site: its tiles, extent, split and label agreement) and
     scene_layout.json (the scene split's sites, their tiles and window offsets).
 
-    Namespaced: KFP (`tailings compile`) refuses an artifact type name without a dot. ML
-    Metadata stores written before the rename hold the old type `ConversionReport`; their runs
-    still list and report (the readers go by node and output key, never by type name), and the
-    first run on such a store misses TFX's cache once (the output type is part of the key)."""
+    Named by an import path of the class, `components.ConversionReport`: in a compiled
+    pipeline (`tailings compile`) TFX's container entrypoint imports a custom artifact type by
+    its name (`_retrieve_class_path` in tfx/orchestration/kubeflow/v2/container/
+    kubeflow_v2_entrypoint_utils.py: "for custom types, the import path is encoded as the
+    schema title"), and TFX's KFP compiler takes only `<namespace>.<Title>` names (one dot,
+    `_SCHEMA_TITLE_RE` in its compiler_utils.py). ML Metadata stores written before hold the
+    older names `ConversionReport` and `tailings.ConversionReport`; their runs still list and
+    report (the readers go by node and output key, never by type name), and the first run on
+    such a store misses TFX's cache once (the output type is part of the key)."""
 
-    TYPE_NAME = "tailings.ConversionReport"
+    TYPE_NAME = "components.ConversionReport"
 
 
 def input_fingerprint(

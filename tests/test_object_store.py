@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 
 import numpy as np
+import pytest
 import rasterio
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
@@ -114,3 +115,30 @@ def test_a_subprocess_gets_the_store_from_env_alone(object_store):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("child")
     assert tf.io.gfile.GFile(uri).read() == "child"
+
+
+def test_folders_rename_as_with_tensorflows_own_gs(object_store):
+    """The fixture's `_rename_folders_too`: what TFX's Transform does to publish its output
+    (a folder renamed over one that may exist) works on the store as on TensorFlow's gs://."""
+    gfile = tf.io.gfile
+    base = object_store.uri("rename-folders")
+    gfile.makedirs(f"{base}/tmp/abc/variables")
+    for name, text in (("saved_model.pb", "graph"), ("variables/variables.index", "index")):
+        with gfile.GFile(f"{base}/tmp/abc/{name}", "w") as fh:
+            fh.write(text)
+
+    # Through the plugin alone the folder is copied as one object: there is none of that name.
+    plain = getattr(gfile.rename, "tailings_test_original", None)
+    assert plain is not None
+    with pytest.raises(tf.errors.NotFoundError):
+        plain(f"{base}/tmp/abc", f"{base}/out", overwrite=True)
+
+    with pytest.raises(tf.errors.AlreadyExistsError):
+        gfile.rename(f"{base}/tmp/abc", f"{base}/tmp", overwrite=False)
+    gfile.rename(f"{base}/tmp/abc", f"{base}/out", overwrite=True)
+    assert not gfile.exists(f"{base}/tmp/abc")
+    assert sorted(gfile.listdir(f"{base}/out")) == ["saved_model.pb", "variables/"]
+    assert gfile.GFile(f"{base}/out/variables/variables.index").read() == "index"
+    # A file still renames through the plugin's own copy and delete.
+    gfile.rename(f"{base}/out/saved_model.pb", f"{base}/graph.pb")
+    assert gfile.GFile(f"{base}/graph.pb").read() == "graph"

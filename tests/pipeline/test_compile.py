@@ -135,6 +135,37 @@ def test_every_component_runs_the_image_and_the_tfx_entrypoint(vertex):
         assert container["command"] == ["python", "-m", ENTRYPOINT_MODULE], label
 
 
+def test_every_type_and_executor_the_spec_names_imports_as_the_entrypoint_imports_it(vertex):
+    """In each container TFX's entrypoint imports the executor by `--executor_class_path` and
+    each artifact's class from its type's schema title; `tailings.ConversionReport` once
+    failed there ("Could not import tailings.ConversionReport")."""
+    import yaml
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entry
+    from tfx.types.artifact import Artifact
+    from tfx.utils import import_utils
+
+    document, _ = vertex
+    spec = document["pipelineSpec"]
+    schemas = {
+        artifact["artifactType"]["instanceSchema"]
+        for component in spec["components"].values()
+        for side in ("inputDefinitions", "outputDefinitions")
+        for artifact in component.get(side, {}).get("artifacts", {}).values()
+    }
+    titles = set()
+    for schema in schemas:
+        type_schema = pipeline_spec_pb2.ArtifactTypeSchema(instance_schema=schema)
+        cls = import_utils.import_class_by_path(entry._retrieve_class_path(type_schema))
+        assert issubclass(cls, Artifact)
+        titles.add(yaml.safe_load(schema)["title"])
+    assert "components.ConversionReport" in titles
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        if "container" in executor:
+            args = executor["container"]["args"]
+            path = args[args.index("--executor_class_path") + 1]
+            assert import_utils.import_class_by_path(path), label
+
+
 def test_the_beam_steps_get_the_dataflow_options(vertex):
     document, _ = vertex
     executors = document["pipelineSpec"]["deploymentSpec"]["executors"]
